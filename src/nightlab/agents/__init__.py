@@ -1,0 +1,51 @@
+"""The Agent role, and agents chosen by short name (imported only when used)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from nightlab.config import Config
+from nightlab.errors import UsageError
+from nightlab.types import Brief, Proposal, Status
+
+AGENTS = {
+    "scripted": "nightlab.agents.scripted:ScriptedAgent",
+    "optuna": "nightlab.agents.optuna:OptunaAgent",
+}
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """Makes ONE experiment per call by editing the editable files in `workspace`.
+
+    Raise `AgentFailed` when no proposal can be made (the trial is then `rejected`).
+    """
+
+    def propose(self, workspace: Path, brief: Brief) -> Proposal: ...
+
+    def observe(self, trial: int, status: Status, metric: float | None) -> None:
+        """Told the outcome of each trial it proposed (and of the baseline, trial 0)."""
+        ...
+
+
+def load_agent(name: str, config: Config, state_dir: Path) -> Agent:
+    """Instantiate an agent by short name or `module:Class` path.
+
+    Every agent class takes `(config, state_dir)`; `state_dir` is `.nightlab/<tag>/`, where an agent
+    keeps whatever must survive a resume.
+    """
+    target = AGENTS.get(name, name)
+    if ":" not in target:
+        raise UsageError(f"unknown agent {name!r} (known: {', '.join(AGENTS)})")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)(config, state_dir)
+
+
+def require(module: str, extra: str) -> object:
+    """Import an optional dependency, or fail with the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"this needs {module}: pip install 'nightlab[{extra}]'") from None

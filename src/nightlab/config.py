@@ -1,0 +1,173 @@
+"""nightlab.toml: typed schema (unknown keys rejected), loading, and one-line errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nightlab.errors import UsageError
+from nightlab.types import Metric
+
+CONFIG_NAME = "nightlab.toml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(Section):
+    editable: list[str] = ["train.py"]
+    protected: list[str] = ["prepare.py"]
+    program: str = "program.md"
+    scratchpad: str = "scratchpad.md"
+
+
+class RunConfig(Section):
+    command: str = "python train.py"
+    budget_s: float = Field(300, gt=0)
+    timeout_s: float = Field(600, gt=0)
+    prepare: str = ""
+    env: list[str] = []  # names of caller variables passed through to runs (never API keys)
+    grace_s: float = Field(5, ge=0)
+
+
+class Constraint(Section):
+    name: str
+    max: float | None = None
+    min: float | None = None
+
+
+class MetricConfig(Section):
+    name: str = "val_bpb"
+    goal: Literal["minimize", "maximize"] = "minimize"
+    evaluate: str = ""
+    constraints: list[Constraint] = []
+
+
+class KeepConfig(Section):
+    noise_runs: int = Field(3, ge=1)
+    threshold: Literal["auto"] | float = "auto"
+    confirm: int = Field(1, ge=0)
+    sigmas: float = Field(2.0, ge=0)  # auto threshold = sigmas x noise
+
+
+class DataConfig(Section):
+    train: list[str] = []
+    val: list[str] = []
+    test: list[str] = []
+
+
+class SandboxConfig(Section):
+    backend: Literal["auto", "bwrap", "docker", "podman", "process"] = "auto"
+    memory_gb: float = Field(24, gt=0)
+    gpus: str = "all"
+
+
+class SearchParam(Section):
+    """A search-space override for one UPPER_CASE constant (optuna agent)."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    choices: list[float | int | str | bool] | None = None
+
+
+class AgentConfig(Section):
+    name: str = "optuna"
+    model: str = ""
+    base_url: str = ""
+    max_cost_usd: float = Field(0, ge=0)
+    seed: int = 0
+    max_failures: int = Field(5, ge=1)  # agent failures in a row that stop the run
+    queue: str = "ideas.toml"  # scripted agent: the file of queued edits
+    search: dict[str, SearchParam] = {}  # optuna agent: per-constant ranges or choices
+
+
+class PhasesConfig(Section):
+    trials: int = Field(0, ge=0)
+    plateau: int = Field(0, ge=0)
+    allow_web: list[int] = []
+
+
+class ExecutorConfig(Section):
+    name: str = "local"
+    slots: int = Field(1, ge=1)
+    gpus_per_trial: int = Field(0, ge=0)
+    ray_address: str = ""
+
+
+class Config(Section):
+    project: ProjectConfig = ProjectConfig()
+    run: RunConfig = RunConfig()
+    metric: MetricConfig = MetricConfig()
+    keep: KeepConfig = KeepConfig()
+    data: DataConfig = DataConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    agent: AgentConfig = AgentConfig()
+    phases: PhasesConfig = PhasesConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+
+    # Set by load(); not part of the file.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: object) -> object:
+        return Path(v) if isinstance(v, str) else v
+
+    @property
+    def root(self) -> Path:
+        """The project directory: where nightlab.toml lives."""
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
+    def primary(self) -> Metric:
+        return Metric(self.metric.name, self.metric.goal)
+
+
+def find_config(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for d in [here, *here.parents]:
+        if (d / CONFIG_NAME).is_file():
+            return d / CONFIG_NAME
+    raise UsageError(f"no {CONFIG_NAME} in {here} or its parents (run `nightlab init` first, or pass --config FILE)")
+
+
+def load(path: Path | None = None) -> Config:
+    path = (path or find_config()).resolve()
+    if not path.is_file():
+        raise UsageError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(f"{path}: {describe(e)}") from None
+    cfg.path = path
+    return cfg
+
+
+def describe(e: ValidationError) -> str:
+    """The first validation problem as 'key: what is wrong' (one line)."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal[", "float", "function-")))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{key or 'config'}: {msg}{more}"
+
+
+def override(cfg: Config, key: str, value: object) -> None:
+    """Apply a CLI flag to the config key it mirrors, e.g. ('run.budget_s', 60)."""
+    section, name = key.split(".")
+    try:
+        setattr(getattr(cfg, section), name, value)
+    except ValidationError as e:
+        raise UsageError(f"--{name.replace('_', '-')}: {e.errors()[0]['msg']} (config key {key})") from None

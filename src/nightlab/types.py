@@ -1,0 +1,98 @@
+"""The records that flow through the loop: statuses, metrics, proposals, run specs and results."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class Status(StrEnum):
+    BASELINE = "baseline"
+    KEEP = "keep"
+    DISCARD = "discard"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"  # the agent changed a file it may not, or changed nothing
+    INVALID = "invalid"  # a protected file changed, or a constraint was violated
+    LOST = "lost"  # the infrastructure killed it; retried, never charged to the agent
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The primary metric's name and direction; comparisons read 'better', not 'larger'."""
+
+    name: str
+    goal: str = "minimize"  # or "maximize"
+
+    def improvement(self, value: float, best: float) -> float:
+        """How much `value` beats `best`: positive when better, whatever the goal."""
+        return best - value if self.goal == "minimize" else value - best
+
+    def better(self, value: float, best: float | None) -> bool:
+        return best is None or self.improvement(value, best) > 0
+
+    def best_of(self, values: list[float]) -> float | None:
+        return (min if self.goal == "minimize" else max)(values) if values else None
+
+
+@dataclass
+class Proposal:
+    """What an agent returns after editing the workspace for one trial."""
+
+    description: str
+    hypothesis: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    transcript: str = ""  # the agent's log, saved as agent.log
+    params: dict = field(default_factory=dict)  # e.g. the values an optimizer chose
+
+
+@dataclass
+class Brief:
+    """What the agent is told for one trial (also saved as brief.md)."""
+
+    trial: int
+    text: str
+    editable: list[str]
+    metric: Metric
+    best: float | None
+    noise: float | None
+    phase: str = ""
+
+
+@dataclass
+class RunSpec:
+    """One sandboxed execution of a command."""
+
+    command: str
+    cwd: Path
+    run_dir: Path
+    budget_s: float
+    timeout_s: float
+    seed: int
+    trial: int
+    env: dict[str, str] = field(default_factory=dict)  # extra variables, already filtered
+    log_name: str = "run.log"
+    grace_s: float = 5.0
+
+
+@dataclass
+class RunResult:
+    """How a run ended. Metrics are read from the run's outputs afterwards (see metrics.py)."""
+
+    exit_code: int | None
+    seconds: float
+    timed_out: bool
+    log_path: Path
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def is_finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
