@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nightlab.errors import UsageError
 from nightlab.types import Metric
@@ -32,6 +32,12 @@ class RunConfig(Section):
     prepare: str = ""
     env: list[str] = []  # names of caller variables passed through to runs (never API keys)
     grace_s: float = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _timeout_covers_budget(self) -> "RunConfig":
+        if self.timeout_s <= self.budget_s:
+            raise ValueError(f"timeout_s ({self.timeout_s:g}) must be longer than budget_s ({self.budget_s:g})")
+        return self
 
 
 class Constraint(Section):
@@ -164,10 +170,10 @@ def describe(e: ValidationError) -> str:
     return f"{key or 'config'}: {msg}{more}"
 
 
-def override(cfg: Config, key: str, value: object) -> None:
-    """Apply a CLI flag to the config key it mirrors, e.g. ('run.budget_s', 60)."""
+def override(cfg: Config, key: str, value: object, flag: str) -> None:
+    """Apply a CLI flag to the config key it mirrors, e.g. ('run.budget_s', 60, '--budget')."""
     section, name = key.split(".")
     try:
         setattr(getattr(cfg, section), name, value)
     except ValidationError as e:
-        raise UsageError(f"--{name.replace('_', '-')}: {e.errors()[0]['msg']} (config key {key})") from None
+        raise UsageError(f"{flag}: {e.errors()[0]['msg']} (config key {key})") from None

@@ -1,0 +1,260 @@
+"""The command-line interface: the only place that configures logging and the console."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import signal
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from nightlab import __version__, config, project, views
+from nightlab.errors import NightlabError, UsageError
+from nightlab.ledger import Ledger, TrialRecord
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("nightlab")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
+TagOpt = Annotated[Optional[str], typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"nightlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+def _load(path: Path | None) -> config.Config:
+    return config.load(path)
+
+
+def _tag(cfg: config.Config, tag: str | None) -> str:
+    return project.check_tag(tag) if tag else project.latest_tag(cfg)
+
+
+def _existing(cfg: config.Config, tag: str) -> Ledger:
+    path = project.state_dir(cfg, tag) / "ledger.sqlite"
+    if not path.exists():
+        raise UsageError(f"no run with tag {tag!r} in {cfg.root} (start one with `nightlab run --tag {tag}`)")
+    return Ledger(path)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a shutdown, a scheduler) stops as cleanly as Ctrl-C
+
+
+@contextmanager
+def _lock(state: Path) -> Iterator[None]:
+    """One `nightlab run` per tag; the OS drops the lock when the process dies, even by kill -9."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another `nightlab run` is using tag {state.name!r}") from None
+        yield
+
+
+# -- init / prepare ---------------------------------------------------------------------------
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Project directory (default: here).")] = Path("."),
+         example: Annotated[Optional[str], typer.Option(help="Copy a bundled example into DIR.")] = None,
+         editable: Annotated[Optional[list[str]], typer.Option(help="A file the agent may edit (repeatable).")] = None,
+         metric: Annotated[str, typer.Option(help="Primary metric name.")] = "val_bpb",
+         goal: Annotated[str, typer.Option(help="minimize or maximize.")] = "minimize",
+         command: Annotated[str, typer.Option(help="Training command.")] = "python train.py",
+         budget: Annotated[float, typer.Option(help="Training budget in seconds.", min=1)] = 300) -> None:
+    """Write a commented nightlab.toml for a repo, or copy a bundled example (--example) into DIR."""
+    if example:
+        project.copy_example(example, directory)
+        console.print(f"example [bold]{example}[/] is ready in {directory} (a git repo with one commit)\n"
+                      f"next: cd {directory} && nightlab prepare && nightlab run --max-trials 10")
+        return
+    if goal not in ("minimize", "maximize"):
+        raise UsageError(f"--goal: must be minimize or maximize, not {goal!r}")
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such directory")
+    files = editable or ["train.py"]
+    missing = [f for f in files if not (directory / f).is_file()]
+    if missing:
+        raise UsageError(f"--editable: {', '.join(missing)} not found in {directory}")
+    path = project.write_config(directory, files, metric, goal, command, budget)
+    console.print(f"wrote {path}; review it, commit it, then: nightlab run --max-trials 20")
+
+
+@app.command()
+def prepare(config_path: ConfigOpt = None) -> None:
+    """Run the one-time [run] prepare step (data, tokenizer) in the project directory."""
+    cfg = _load(config_path)
+    created = project.prepare(cfg)
+    console.print(f"prepared; created: {', '.join(created) or 'nothing new'}")
+
+
+# -- run ----------------------------------------------------------------------------------------
+@app.command()
+def run(config_path: ConfigOpt = None, tag: TagOpt = None,
+        agent: Annotated[Optional[str], typer.Option(help="Agent name (config: agent.name).")] = None,
+        max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (after the baseline).", min=0)] = None,
+        hours: Annotated[Optional[float], typer.Option(help="Stop after this many hours.", min=0)] = None,
+        budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+        sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None) -> None:
+    """Run the research loop; rerun with the same --tag to resume where it stopped."""
+    cfg = _load(config_path)
+    for key, value, flag in (("agent.name", agent, "--agent"), ("run.budget_s", budget, "--budget"),
+                             ("sandbox.backend", sandbox, "--sandbox")):
+        if value is not None:
+            config.override(cfg, key, value, flag)
+    from nightlab.session import run_session
+
+    tag = _tag(cfg, tag)
+    state = project.state_dir(cfg, tag)
+    with _lock(state):
+        try:
+            reason = run_session(cfg, tag, max_trials, hours, _print_event)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: the ledger is consistent; resume with `nightlab run --tag {tag}`", markup=False)
+            raise typer.Exit(130) from None
+    _show_status(cfg, tag)
+    console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
+
+
+def _print_event(event: str, rec: TrialRecord) -> None:
+    if event == "propose":
+        console.print(f"[dim]trial {rec.n}: asking the agent…[/]")
+    elif event == "run":
+        console.print(f"[dim]trial {rec.n}: running{escape(': ' + rec.description) if rec.description else ''}[/]")
+    elif event == "confirm":
+        console.print(f"[dim]trial {rec.n}: promising ({rec.runs[-1]:.6g}); confirming with a fresh seed[/]")
+    elif event == "done":
+        style = views.STYLE.get(rec.status, "")
+        metric = views.fmt(rec.metric) + (f" ({views.fmt(rec.delta, True)})" if rec.delta is not None else "")
+        why = f" [{rec.reason}]" if rec.reason else ""
+        console.print(f"trial {rec.n:>3}  [{style}]{rec.status:<8}[/]  {metric:<24} {escape(rec.description + why)}")
+
+
+# -- trial ------------------------------------------------------------------------------------
+@app.command()
+def trial(config_path: ConfigOpt = None,
+          record: Annotated[bool, typer.Option("--record", help="Keep the run's outputs under .nightlab/manual/.")] = False,
+          sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend.")] = None) -> None:
+    """Run the current working tree once, like the seed's run.sh, and print its metrics."""
+    cfg = _load(config_path)
+    if sandbox:
+        config.override(cfg, "sandbox.backend", sandbox, "--sandbox")
+    from nightlab.session import run_once
+
+    keep_dir = project.state_dir(cfg, "manual") if record else None
+    with tempfile.TemporaryDirectory(prefix="nightlab-trial-") as tmp:
+        values, problem, seconds, run_dir = run_once(cfg, keep_dir or Path(tmp))
+        kept = run_dir if record else "not kept (--record keeps them)"
+        console.print(f"{'failed' if problem else 'ok'} after {seconds:.1f}s  ·  outputs: {kept}")
+        for name, value in values.items():
+            console.print(f"  {name}: {value:.6g}{' ←' if name == cfg.metric.name else ''}")
+    if problem:
+        err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(1)
+
+
+# -- status / log -------------------------------------------------------------------------------
+@app.command()
+def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
+    """Where a run stands: trials, kept, best, delta vs baseline, the last 10 trials."""
+    cfg = _load(config_path)
+    tag = _tag(cfg, tag)
+    if as_json:
+        ledger = _existing(cfg, tag)
+        print(json.dumps(views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")))
+        return
+    _show_status(cfg, tag)
+
+
+def _show_status(cfg: config.Config, tag: str) -> None:
+    ledger = _existing(cfg, tag)
+    trials = ledger.trials()
+    console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}")))
+    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
+
+
+@app.command("log")
+def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
+    """Every trial of a run, in order."""
+    cfg = _load(config_path)
+    trials = _existing(cfg, _tag(cfg, tag)).trials()
+    if as_json:
+        print(json.dumps(views.log_json(trials)))
+    else:
+        console.print(views.trials_table(trials, cfg.metric.name, width=console.width))
+
+
+# -- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo project.")] = None,
+         trials: Annotated[int, typer.Option(help="Trials after the baseline.", min=1)] = 8) -> None:
+    """Run a short session on the bundled quickstart example with the offline optuna agent."""
+    dest = directory or Path(tempfile.mkdtemp(prefix="nightlab-demo-"))
+    project.copy_example("quickstart", dest)
+    console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, {trials} trials")
+    cfg = config.load(dest / config.CONFIG_NAME)
+    project.prepare(cfg)
+    from nightlab.session import run_session
+
+    with _lock(project.state_dir(cfg, "demo")):
+        reason = run_session(cfg, "demo", trials, None, _print_event)
+    _show_status(cfg, "demo")
+    state = project.state_dir(cfg, "demo")
+    console.print(f"stopped: {reason}\n\n[bold]where everything is[/]\n"
+                  f"  project:  {dest}\n  ledger:   {state}/ledger.sqlite  (results.tsv beside it)\n"
+                  f"  runs:     {state}/runs/<n>/  (run.log, metrics.json, diff.patch, brief.md)\n"
+                  f"  branch:   nightlab/demo  (git -C {dest} log --oneline nightlab/demo)\n"
+                  f"  more:     cd {dest} && nightlab status && nightlab log")
+
+
+def main() -> None:
+    """Entry point: usage and config errors are one line and exit 2; other known failures exit 1."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.TyperException as e:  # bad flags and arguments
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx else ""
+        err.print(f"error: {where}{e.format_message()}", markup=False)
+        code = getattr(e, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted", markup=False)
+        code = 130
+    except UsageError as e:
+        err.print(f"error: {e}", markup=False)
+        code = 2
+    except NightlabError as e:
+        err.print(f"error: {e}", markup=False)
+        code = 1
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

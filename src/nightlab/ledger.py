@@ -1,0 +1,147 @@
+"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv export."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from nightlab.errors import UsageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    n INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,          -- a Status value, or 'running' while in flight
+    metric REAL, metrics TEXT, runs TEXT, delta REAL,
+    description TEXT, hypothesis TEXT, reason TEXT, phase TEXT,
+    commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
+    cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
+    started REAL, finished REAL
+);
+"""
+RUNNING = "running"
+
+
+@dataclass
+class TrialRecord:
+    n: int
+    status: str = RUNNING
+    metric: float | None = None  # the primary value (mean over its runs)
+    metrics: dict = field(default_factory=dict)  # every reported value (means)
+    runs: list = field(default_factory=list)  # the primary value of each run (noise / confirmation runs)
+    delta: float | None = None  # vs the best before it
+    description: str = ""
+    hypothesis: str = ""
+    reason: str = ""
+    phase: str = ""
+    commit_sha: str = ""
+    parent: str = ""
+    seconds: float = 0.0
+    seed: int = 0
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def public(self) -> dict:
+        """The `nightlab log --json` object for this trial."""
+        d = asdict(self)
+        d["commit"] = d.pop("commit_sha")
+        return d
+
+
+_JSON = ("metrics", "runs")
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta -----------------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta"))
+
+    def set_meta(self, **values: object) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in values.items()])
+
+    def get(self, key: str, default: object = None) -> object:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def check_identity(self, identity: dict[str, object], source: str) -> None:
+        """Refuse to resume a tag whose metric, goal or editable set changed since it started."""
+        stored = self.get("identity")
+        if stored is None:
+            self.set_meta(identity=identity)
+            return
+        for key, value in identity.items():
+            if stored.get(key) != value:
+                raise UsageError(f"{source}: {key} changed since this tag started ({stored.get(key)!r} → {value!r}); "
+                                 "start a new --tag or restore the setting")
+
+    # -- trials ---------------------------------------------------------------------------
+    def save(self, rec: TrialRecord) -> None:
+        row = asdict(rec)
+        for k in _JSON:
+            row[k] = json.dumps(row[k])
+        cols = ", ".join(row)
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO trials ({cols}) VALUES ({', '.join('?' * len(row))})",
+                            list(row.values()))
+
+    def delete(self, n: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM trials WHERE n = ?", (n,))
+
+    def trials(self) -> list[TrialRecord]:
+        cur = self.db.execute("SELECT * FROM trials ORDER BY n")
+        names = [c[0] for c in cur.description]
+        out = []
+        for values in cur:
+            row = dict(zip(names, values))
+            for k in _JSON:
+                row[k] = json.loads(row[k]) if row[k] else []
+            if row["metrics"] == []:
+                row["metrics"] = {}
+            out.append(TrialRecord(**{f.name: row[f.name] for f in fields(TrialRecord)}))
+        return out
+
+    def trial(self, n: int) -> TrialRecord | None:
+        return next((t for t in self.trials() if t.n == n), None)
+
+
+TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason"]
+
+
+def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
+    """Karpathy's five columns first (commit, metric, memory_gb, status, description), then extras."""
+    head = ["commit", metric_name, "memory_gb", "status", "description", *TSV_EXTRAS]
+    lines = ["\t".join(head)]
+    for t in trials:
+        mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
+        cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
+                 str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
+                 ",".join(_num(r) for r in t.runs), t.reason]
+        lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"

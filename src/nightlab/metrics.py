@@ -1,0 +1,84 @@
+"""The metric protocol: `name: value` lines on stdout and/or `$NIGHTLAB_RUN_DIR/metrics.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from nightlab.config import Constraint
+from nightlab.errors import RunCrashed, RunTimedOut, TrialInvalid
+from nightlab.types import RunResult
+
+# Karpathy's summary block: `val_bpb:          0.997900`. Only whole lines of name, colon, number count.
+LINE = re.compile(r"^([A-Za-z_][\w.\-/]*):[ \t]+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))[ \t]*$",
+                  re.IGNORECASE | re.MULTILINE)
+MAX_LOG_SCAN = 1 << 20  # the summary block is at the end; a huge log is only scanned at its tail
+
+
+def from_log(log_path: Path) -> dict[str, float]:
+    with log_path.open("rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - MAX_LOG_SCAN))
+        text = f.read().decode("utf-8", "replace").replace("\r", "\n")  # CRLF, progress bars
+    return {name: float(value) for name, value in LINE.findall(text)}  # later lines win
+
+
+def from_json(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunCrashed(f"metrics.json is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise RunCrashed("metrics.json must hold an object of name: number")
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            value = sum(value) / len(value)  # several folds or seeds in one run: their mean
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def read_exit(result: RunResult) -> None:
+    """Raise with the status a run that did not finish cleanly earns."""
+    if result.timed_out:
+        raise RunTimedOut(result.reason)
+    if result.exit_code != 0:
+        raise RunCrashed(result.reason)  # a metric printed before crashing is not a result
+
+
+def read(result: RunResult, run_dir: Path, primary: str, stdout: bool = True) -> dict[str, float]:
+    """All metrics of a finished run; raises with the status the run earns if it has no usable primary."""
+    read_exit(result)
+    metrics = (from_log(result.log_path) if stdout else {}) | from_json(run_dir / "metrics.json")
+    if primary not in metrics:
+        raise RunCrashed(f"metric missing: no '{primary}: <number>' line and no metrics.json entry")
+    if not math.isfinite(metrics[primary]):
+        raise RunCrashed(f"{primary} is {metrics[primary]}")
+    return metrics
+
+
+def check_constraints(metrics: dict[str, float], constraints: list[Constraint]) -> None:
+    for c in constraints:
+        value = metrics.get(c.name)
+        if value is None:
+            raise TrialInvalid(f"constraint {c.name}: not reported by the run")
+        if c.max is not None and value > c.max:
+            raise TrialInvalid(f"constraint violated: {c.name} = {value:g} > {c.max:g}")
+        if c.min is not None and value < c.min:
+            raise TrialInvalid(f"constraint violated: {c.name} = {value:g} < {c.min:g}")
+
+
+def log_tail(path: Path, lines: int = 30, max_chars: int = 4000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - max_chars))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

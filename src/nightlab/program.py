@@ -1,0 +1,116 @@
+"""program.md and its phases, the scratchpad, and the brief an agent gets for one trial."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nightlab.config import Config
+from nightlab.ledger import TrialRecord
+from nightlab.types import Brief
+
+PHASE = re.compile(r"^#{2,3}\s+Phase\s+(\d+)\s*[—–:-]+\s*(.+?)\s*$", re.MULTILINE)
+SCRATCHPAD = """# Scratchpad
+
+## Current best
+
+## What worked
+
+## What didn't
+
+## Next ideas
+"""
+RECENT = 15
+
+
+@dataclass(frozen=True)
+class Phase:
+    number: int
+    title: str
+    body: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.number} {self.title}"
+
+
+def parse(text: str) -> tuple[str, list[Phase]]:
+    """Split program.md into its general part and its `## Phase N — Title` sections."""
+    matches = list(PHASE.finditer(text))
+    if not matches:
+        return text, []
+    general = text[: matches[0].start()]
+    phases = []
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        phases.append(Phase(int(m.group(1)), m.group(2), text[m.end():end].strip()))
+    return general.strip(), phases
+
+
+def current_phase(phases: list[Phase], trials: list[TrialRecord], cfg: Config) -> Phase | None:
+    """The active phase: advance past a phase once its trial count or plateau gate is reached."""
+    if not phases:
+        return None
+    labels = [p.label for p in phases]
+    last = next((t.phase for t in reversed(trials) if t.phase in labels), labels[0])
+    i = labels.index(last)
+    in_phase = [t for t in trials if t.phase == last and t.n > 0 and t.status != "running"]
+    streak = 0
+    for t in reversed(in_phase):
+        if t.status == "keep":
+            break
+        streak += 1
+    gates = cfg.phases
+    done = (gates.trials and len(in_phase) >= gates.trials) or (gates.plateau and streak >= gates.plateau)
+    return phases[min(i + 1, len(phases) - 1)] if done else phases[i]
+
+
+def read_program(cfg: Config) -> tuple[str, list[Phase]]:
+    path = cfg.root / cfg.project.program
+    return parse(path.read_text()) if path.is_file() else ("", [])
+
+
+def ensure_scratchpad(workdir: Path, name: str) -> None:
+    path = workdir / name
+    if not path.exists():
+        path.write_text(SCRATCHPAD)
+
+
+def trial_table(trials: list[TrialRecord], noise: float | None) -> str:
+    rows = ["| n | status | metric | delta | phase | description |", "|---|---|---|---|---|---|"]
+    pm = f" ± {noise:.4g}" if noise else ""
+    for t in trials[-RECENT:]:
+        metric = f"{t.metric:.6g}{pm}" if t.metric is not None else "—"
+        delta = f"{t.delta:+.4g}" if t.delta is not None else ""
+        rows.append(f"| {t.n} | {t.status} | {metric} | {delta} | {t.phase} | {t.description or t.reason} |")
+    return "\n".join(rows)
+
+
+def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, noise: float | None,
+          scratchpad: str, failure_tail: str) -> Brief:
+    general, phases = read_program(cfg)
+    phase = current_phase(phases, trials, cfg)
+    m = cfg.metric
+    parts = [f"# Trial {n}: make ONE experiment", general]
+    if phase:
+        parts.append(f"## Current phase: Phase {phase.number} — {phase.title}\n\n{phase.body}")
+    best_text = f"{best:.6g}" if best is not None else "unknown"
+    parts.append(f"## Where things stand\n\nMetric: `{m.name}` ({m.goal}). Best so far: {best_text}; "
+                 f"run-to-run noise: {f'{noise:.4g}' if noise else 'unknown'}.\n\n{trial_table(trials, noise)}")
+    if failure_tail:
+        parts.append(f"## The last failure's log tail\n\n```\n{failure_tail}\n```")
+    parts.append(f"## Scratchpad ({cfg.project.scratchpad})\n\n{scratchpad}")
+    constraints = ", ".join(f"{c.name} ≤ {c.max:g}" if c.max is not None else f"{c.name} ≥ {c.min:g}"
+                            for c in m.constraints) or "none"
+    parts.append(
+        "## Rules\n\n"
+        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} with what you tried and learned.\n"
+        "- One change per trial. No new files, no new dependencies.\n"
+        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); it is killed at {cfg.run.timeout_s:g} s.\n"
+        f"- Hard constraints: {constraints}.\n"
+        "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.\n\n"
+        "## Reply\n\nA one-line description of the change, then one sentence of hypothesis (why it should help).")
+    text = "\n\n".join(p for p in parts if p)
+    return Brief(trial=n, text=text, editable=list(cfg.project.editable), metric=cfg.primary, best=best,
+                 noise=noise, phase=phase.label if phase else "")

@@ -1,0 +1,84 @@
+"""The Sandbox role, and backends chosen by short name (imported only when used)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from nightlab.errors import UsageError
+from nightlab.types import RunResult, RunSpec
+
+BACKENDS = {"process": "nightlab.sandbox.process:ProcessSandbox"}
+
+# A name like these never reaches a run, even when listed in [run] env.
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def run(self, spec: RunSpec) -> RunResult:
+        """Run `spec.command` in `spec.cwd` within `spec.timeout_s`, output to `spec.run_dir/spec.log_name`."""
+        ...
+
+
+def load_sandbox(name: str) -> Sandbox:
+    if name == "auto":
+        name = "process"  # the only backend so far; it warns on every run
+    target = BACKENDS.get(name)
+    if target is None:
+        raise UsageError(f"unknown or unavailable sandbox {name!r} (available: {', '.join(BACKENDS)})")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+SHELL_SYNTAX = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+
+
+def interpreter_command(command: str) -> str:
+    """`python` at the start of a command means the interpreter nightlab runs under."""
+    words = command.split(maxsplit=1)
+    if words and words[0] in ("python", "python3"):
+        return shlex.quote(sys.executable) + (" " + words[1] if len(words) > 1 else "")
+    return command
+
+
+def argv(command: str) -> list[str]:
+    """The command as an argv; through /bin/sh only when it uses shell syntax.
+
+    Exec'ing directly keeps the training process itself the child, so it dies with the harness
+    (PR_SET_PDEATHSIG is not inherited by a shell's children).
+    """
+    command = interpreter_command(command)
+    if SHELL_SYNTAX.isdisjoint(command.replace(shlex.quote(sys.executable), "")):
+        return shlex.split(command)
+    return ["/bin/sh", "-c", command]
+
+
+def run_env(spec: RunSpec) -> dict[str, str]:
+    """The whole environment of a run: nothing from the caller but what the config lists."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{BASE_PATH}",
+        "HOME": str(spec.run_dir),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",  # keeps the worktree free of stray files
+        "NIGHTLAB_RUN_DIR": str(spec.run_dir),
+        "NIGHTLAB_BUDGET_S": f"{spec.budget_s:g}",
+        "NIGHTLAB_SEED": str(spec.seed),
+        "NIGHTLAB_TRIAL": str(spec.trial),
+    }
+    return env | spec.env
+
+
+def passthrough(names: list[str], source: str) -> dict[str, str]:
+    """The caller variables a config lists for runs; secrets are refused outright."""
+    for name in names:
+        if any(m in name.upper() for m in SECRET_MARKERS):
+            raise UsageError(f"{source}: run.env: {name} looks like a secret; secrets never reach a run")
+    return {n: os.environ[n] for n in names if n in os.environ}

@@ -1,0 +1,63 @@
+"""Wiring: builds the workspace, ledger, agent and sandbox for a tag and runs the loop (or one trial)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nightlab import metrics, project
+from nightlab.agents import load_agent
+from nightlab.config import Config
+from nightlab.errors import TrialFailed
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.loop import Limits, Loop, measure
+from nightlab.sandbox import load_sandbox, passthrough
+from nightlab.types import RunSpec
+from nightlab.workspace import Workspace, git, ignore_state_dir
+
+
+def identity(cfg: Config) -> dict[str, object]:
+    """What a tag may not change between resumes."""
+    return {"metric": cfg.metric.name, "goal": cfg.metric.goal, "editable": sorted(cfg.project.editable)}
+
+
+def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
+                notify: Callable[[str, TrialRecord], None]) -> str:
+    state = project.state_dir(cfg, tag)
+    fresh = not (state / "ledger.sqlite").exists()
+    passthrough(cfg.run.env, str(cfg.path))  # refuse bad settings before anything is created
+    sandbox = load_sandbox(cfg.sandbox.backend)
+    agent = load_agent(cfg.agent.name, cfg, state)
+    ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
+    ws.open(fresh=fresh)
+    ws.link_data(project.visible_data(cfg))
+    ledger = Ledger(state / "ledger.sqlite")
+    try:
+        ledger.check_identity(identity(cfg), str(cfg.path))
+        if fresh:
+            ledger.set_meta(tag=tag, branch=ws.branch, started=time.time())
+        loop = Loop(cfg, ws, ledger, agent, sandbox, state, notify)
+        return loop.run(Limits(max_trials=max_trials, hours=hours))
+    finally:
+        ledger.close()
+
+
+def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path]:
+    """Run the working tree as it is (no commit, no ledger): its metrics, any problem, seconds, run dir."""
+    out.mkdir(parents=True, exist_ok=True)
+    if out.is_relative_to(cfg.root):
+        ignore_state_dir(cfg.root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = out / stamp if out.name == "manual" else out
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "diff.patch").write_text(git("diff", "HEAD", "--", ".", cwd=cfg.root, check=False))
+    spec = RunSpec(command=cfg.run.command, cwd=cfg.root, run_dir=run_dir, budget_s=cfg.run.budget_s,
+                   timeout_s=cfg.run.timeout_s, seed=0, trial=0, env=passthrough(cfg.run.env, str(cfg.path)),
+                   grace_s=cfg.run.grace_s)
+    seconds: list[float] = []
+    try:
+        return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds), "", sum(seconds), run_dir
+    except TrialFailed as e:
+        log = run_dir / ("evaluate.log" if (run_dir / "evaluate.log").exists() else "run.log")
+        return metrics.from_log(log), f"{e.status}: {e}", sum(seconds), run_dir

@@ -1,0 +1,85 @@
+"""What `status` and `log` show: the JSON contracts of DESIGN §5 and their rich tables."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from nightlab.config import Config
+from nightlab.ledger import TrialRecord
+
+STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
+         "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue"}
+
+
+def log_json(trials: list[TrialRecord]) -> list[dict]:
+    return [t.public() for t in trials]
+
+
+def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str) -> dict:
+    base = next((t for t in trials if t.n == 0 and t.status == "baseline"), None)
+    kept = [t for t in trials if t.status == "keep"]
+    best = kept[-1] if kept else base
+    done = [t for t in trials if t.n > 0 and t.status != "running"]
+    return {
+        "tag": tag,
+        "trials": len(done),
+        "kept": len(kept),
+        "baseline": base.metric if base else None,
+        "best": best.metric if best else None,
+        "best_trial": best.n if best else None,
+        "delta": (best.metric - base.metric) if best and base else None,
+        "goal": cfg.metric.goal,
+        "metric_name": cfg.metric.name,
+        "noise": noise,
+        "phase": trials[-1].phase if trials else "",
+        "branch": branch,
+        "seconds": sum(t.seconds for t in trials),
+        "cost_usd": sum(t.cost_usd for t in trials),
+        "running": [t.n for t in trials if t.status == "running"],
+    }
+
+
+def fmt(v: float | None, sign: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.5g}" if sign else f"{v:.6g}"
+
+
+def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "", width: int = 80) -> Table:
+    table = Table(title=title or None, show_lines=False, header_style="bold")
+    clip = {"no_wrap": True, "overflow": "ellipsis"}
+    for col, kw in [("n", {"justify": "right", "min_width": 3}), ("status", {"min_width": 8}),
+                    (metric_name, {"justify": "right", "min_width": 10, **clip}),
+                    ("delta", {"justify": "right", "min_width": 10, **clip}),
+                    ("phase", {"min_width": 8, "max_width": 16, **clip}), ("s", {"justify": "right", "min_width": 4}),
+                    ("description", {"min_width": 20, "max_width": max(20, width - 70), **clip})]:
+        table.add_column(col, **kw)
+    for t in trials:
+        text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
+            f"{t.description} [{t.reason}]" if t.description else t.reason
+        table.add_row(str(t.n), f"[{STYLE.get(t.status, '')}]{t.status}[/]", fmt(t.metric), fmt(t.delta, True),
+                      escape(t.phase), f"{t.seconds:.0f}", escape(text))
+    return table
+
+
+def summary_table(s: dict) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    pct = ""
+    if s["delta"] is not None and s["baseline"]:
+        pct = f" ({100 * s['delta'] / abs(s['baseline']):+.1f}%)"
+    noise = f" ± {s['noise']:.3g}" if s["noise"] else ""
+    rows = [("tag", f"{s['tag']}  (branch {s['branch']})"),
+            ("trials", f"{s['trials']} after the baseline, {s['kept']} kept"),
+            (s["metric_name"], f"baseline {fmt(s['baseline'])}{noise} → best {fmt(s['best'])} "
+                               f"(trial {s['best_trial']}, delta {fmt(s['delta'], True)}{pct}; {s['goal']})"),
+            ("time", f"{s['seconds'] / 60:.1f} min of runs"), ]
+    if s["phase"]:
+        rows.append(("phase", s["phase"]))
+    if s["cost_usd"]:
+        rows.append(("cost", f"${s['cost_usd']:.2f}"))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table

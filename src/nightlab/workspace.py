@@ -1,0 +1,205 @@
+"""The git side of a run: branch, worktree, trial commits and refs, edit verification, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from nightlab.errors import EditRejected, NightlabError, UsageError
+
+# Used only when neither the repository nor the user names anyone, so commits never fail.
+IDENTITY = {"GIT_AUTHOR_NAME": "nightlab", "GIT_AUTHOR_EMAIL": "nightlab@localhost"}
+IDENTITY |= {"GIT_COMMITTER_NAME": "nightlab", "GIT_COMMITTER_EMAIL": "nightlab@localhost"}
+
+
+def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0"})
+    if check and proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
+        raise NightlabError(f"git {args[0]} failed in {cwd}: {said}")
+    return proc.stdout.rstrip("\n")
+
+
+def toplevel(path: Path) -> Path:
+    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UsageError(f"{path} is not inside a git repository (run `git init` and commit your project first)")
+    return Path(proc.stdout.strip()).resolve()
+
+
+def identity_env(cwd: Path) -> dict[str, str]:
+    """nightlab's own identity for the parts git has no configured value for."""
+    env = {}
+    for who in ("AUTHOR", "COMMITTER"):
+        for what, key in (("NAME", "user.name"), ("EMAIL", "user.email")):
+            if not git("config", key, cwd=cwd, check=False) and not os.environ.get(f"GIT_{who}_{what}"):
+                env[f"GIT_{who}_{what}"] = IDENTITY[f"GIT_{who}_{what}"]
+    return env
+
+
+def sha256(path: Path) -> str:
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(path)).encode() + b"\0" + sha256(p).encode())
+        return h.hexdigest()
+    if not path.exists():
+        return "missing"
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checksums(base: Path, paths: list[str]) -> dict[str, str]:
+    return {p: sha256(base / p) for p in paths}
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return [p for p in before if before[p] != after.get(p)]
+
+
+def ignore_state_dir(root: Path) -> None:
+    """Hide `.nightlab/` from git through info/exclude: editing .gitignore would dirty the user's tree."""
+    repo = toplevel(root)
+    sub = root.resolve().relative_to(repo)
+    exclude = Path(git("rev-parse", "--git-path", "info/exclude", cwd=repo))
+    exclude = exclude if exclude.is_absolute() else repo / exclude
+    pattern = f"/{(sub / '.nightlab').as_posix()}/" if str(sub) != "." else "/.nightlab/"
+    text = exclude.read_text() if exclude.exists() else ""
+    if pattern not in text.splitlines():
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text(text + ("\n" if text and not text.endswith("\n") else "") + pattern + "\n")
+
+
+@dataclass
+class Workspace:
+    """A worktree of branch `nightlab/<tag>` under `.nightlab/<tag>/worktree` (the user's checkout is never touched)."""
+
+    root: Path  # the project directory (holds nightlab.toml)
+    tag: str
+    editable: list[str]
+    scratchpad: str
+
+    def __post_init__(self) -> None:
+        self.repo = toplevel(self.root)
+        self.sub = self.root.resolve().relative_to(self.repo)
+        self.tree = self.root / ".nightlab" / self.tag / "worktree"
+        self.dir = self.tree / self.sub  # the project directory inside the worktree
+        self.branch = f"nightlab/{self.tag}"
+        self._env = identity_env(self.repo)
+
+    def _git(self, *args: str, check: bool = True) -> str:
+        return git(*args, cwd=self.dir, check=check, env=self._env)
+
+    # -- setup -------------------------------------------------------------------------------
+    def open(self, fresh: bool) -> None:
+        """Create the branch and worktree (fresh) or reattach to them (resume)."""
+        ignore_state_dir(self.root)
+        exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
+        if fresh:
+            if exists:
+                raise UsageError(f"branch {self.branch} already exists; pick another --tag or resume it")
+            self._check_clean()
+            git("branch", self.branch, "HEAD", cwd=self.repo)
+        elif not exists:
+            raise UsageError(f"branch {self.branch} is missing; cannot resume tag {self.tag!r}")
+        if not (self.tree / ".git").exists():
+            git("worktree", "prune", cwd=self.repo)
+            git("worktree", "add", "--quiet", str(self.tree), self.branch, cwd=self.repo)
+
+    def _check_clean(self) -> None:
+        if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=self.repo, check=False):
+            raise UsageError("the repository has no commits yet: commit your project first")
+        dirty = git("diff", "--name-only", "HEAD", cwd=self.repo)
+        if dirty:
+            files = ", ".join(dirty.splitlines()[:5])
+            raise UsageError(f"the working tree has uncommitted changes ({files}); commit or stash them first")
+        for f in self.editable:
+            if not git("ls-files", "--", f, cwd=self.root):
+                raise UsageError(f"editable file {f} is not committed in the repository")
+
+    def link_data(self, paths: list[str]) -> None:
+        """Make project-relative data visible at the same relative path inside the worktree."""
+        for rel in paths:
+            if Path(rel).is_absolute():
+                continue
+            src, dst = self.root / rel, self.dir / rel
+            if dst.is_symlink() or dst.exists() or not src.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
+        self.linked = [p for p in paths if not Path(p).is_absolute()]
+
+    # -- per trial ----------------------------------------------------------------------------
+    def head(self) -> str:
+        return self._git("rev-parse", "HEAD")
+
+    def reset(self, commit: str) -> None:
+        """Put the worktree exactly at `commit` (the branch follows), dropping stray files."""
+        self._git("reset", "--hard", "--quiet", commit)
+        excludes = [a for p in getattr(self, "linked", []) for a in ("-e", p)]
+        self._git("clean", "-fdq", *excludes, "--", ".")
+
+    def changed_files(self) -> list[str]:
+        """Files that differ from HEAD anywhere in the worktree, tracked or new, relative to the project."""
+        tracked = git("diff", "--name-only", "HEAD", cwd=self.tree).splitlines()
+        new = git("ls-files", "--others", "--exclude-standard", cwd=self.tree).splitlines()
+        files = {os.path.relpath(f, self.sub) for f in tracked + new}
+        linked = [Path(p) for p in getattr(self, "linked", [])]  # data nightlab put there, not an edit
+        return sorted(f for f in files if not any(Path(f) == p or p in Path(f).parents for p in linked))
+
+    def verify_edits(self) -> list[str]:
+        """Accept only edits to editable files and the scratchpad; restore anything else."""
+        allowed = set(self.editable) | {self.scratchpad}
+        files = self.changed_files()
+        bad = [f for f in files if f not in allowed]
+        if bad:
+            self._restore(bad)
+            raise EditRejected(f"changed {', '.join(bad)} (only {', '.join(sorted(allowed))} may change)")
+        if not [f for f in files if f in self.editable]:
+            raise EditRejected("no change to " + ", ".join(self.editable))
+        return files
+
+    def _restore(self, files: list[str]) -> None:
+        tracked = set(self._git("ls-files", "--", *files).splitlines())
+        if tracked:
+            self._git("checkout", "HEAD", "--", *sorted(tracked))
+        for f in set(files) - tracked:
+            p = self.dir / f
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+    def diff(self) -> str:
+        return self._git("diff", "HEAD", "--", ".")
+
+    def commit(self, message: str, files: list[str]) -> str:
+        self._git("add", "--", *files)
+        self._git("-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message)
+        return self.head()
+
+    def amend(self, message: str) -> str:
+        self._git("-c", "commit.gpgsign=false", "commit", "--quiet", "--amend", "--no-verify", "--allow-empty",
+                  "-m", message)
+        return self.head()
+
+    def mark(self, n: int, commit: str) -> None:
+        """Keep trial n reachable whatever happens to the branch."""
+        self._git("update-ref", f"refs/nightlab/{self.tag}/trial-{n}", commit)
+
+    def trial_refs(self) -> dict[int, str]:
+        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/nightlab/{self.tag}/")
+        refs = {}
+        for line in out.splitlines():
+            name, sha = line.split()
+            refs[int(name.rsplit("-", 1)[1])] = sha
+        return refs
+
+    def show(self, commit: str, path: str) -> str:
+        return self._git("show", f"{commit}:{(self.sub / path).as_posix()}")
+
+    def patch(self, commit: str) -> str:
+        return self._git("show", "--format=", commit, "--", ".")

@@ -1,0 +1,251 @@
+"""Helpers for end-to-end tests: tiny real projects (git repos), the real CLI in a subprocess, the real ledger.
+
+Nothing here is mocked. Every git and CLI subprocess runs with no user identity at all
+(GIT_CONFIG_GLOBAL=/dev/null, GIT_CONFIG_NOSYSTEM=1, a fresh HOME), so whatever nightlab commits it
+commits as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A deterministic "training" script: loss is a function of the constants, plus a seed-dependent offset
+# of exactly -NOISE, 0 or +NOISE (seed % 3), so the noise estimate over seeds 0, 1, 2 is exactly NOISE.
+TRAIN = '''"""A tiny deterministic training script for nightlab tests."""
+import os
+
+# knobs
+LR = 0.1
+BONUS = 0.0
+NOISE = 0.0
+MEMORY = 0.1
+
+seed = int(os.environ.get("NIGHTLAB_SEED", "0"))
+loss = 1.0 + (LR - 0.3) ** 2 - BONUS + NOISE * ((seed % 3) - 1)
+print("step 1/1: done")
+print(f"val_loss: {loss:.6f}")
+print(f"peak_memory_gb: {MEMORY}")
+'''
+BASE_LOSS = 1.04  # the loss of TRAIN as written (LR = 0.1)
+
+PREPARE = 'print("prepared")\n'
+PROGRAM = """# Program
+
+Make val_loss smaller.
+
+## Phase 1 — Hyperparameters
+
+Tune LR.
+
+## Phase 2 — Architecture
+
+Anything else.
+"""
+GITIGNORE = "data/\n"
+
+BASE_CONFIG: dict = {
+    "project": {"editable": ["train.py"], "protected": ["prepare.py"]},
+    "run": {"command": "python train.py", "budget_s": 1, "timeout_s": 30, "grace_s": 0.5},
+    "metric": {"name": "val_loss", "goal": "minimize", "constraints": [{"name": "peak_memory_gb", "max": 1.0}]},
+    "keep": {"noise_runs": 1},
+    "agent": {"name": "scripted", "queue": "ideas.toml"},
+    "sandbox": {"backend": "process"},
+}
+
+
+# -- a minimal TOML writer (enough for nightlab.toml and ideas.toml) -------------------------------------
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def toml_dumps(data: dict) -> str:
+    out = []
+    for section, values in data.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_value(v)}" for k, v in values.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def merged(base: dict, overrides: dict | None) -> dict:
+    result = {k: dict(v) for k, v in base.items()}
+    for section, values in (overrides or {}).items():
+        if values is None:
+            result.pop(section, None)
+            continue
+        result.setdefault(section, {}).update(values)
+    return result
+
+
+# -- ideas for the scripted agent -----------------------------------------------------------------------
+def sub(search: str, replace: str, file: str = "train.py") -> dict:
+    return {"file": file, "search": search, "replace": replace}
+
+
+def content(text: str, file: str = "train.py") -> dict:
+    return {"file": file, "content": text}
+
+
+def idea(description: str, *edits: dict, hypothesis: str = "") -> dict:
+    return {"description": description, "hypothesis": hypothesis, "edit": list(edits)}
+
+
+def ideas_toml(ideas: list[dict]) -> str:
+    out = []
+    for i in ideas:
+        out.append("[[idea]]")
+        out.append(f"description = {_value(i['description'])}")
+        if i.get("hypothesis"):
+            out.append(f"hypothesis = {_value(i['hypothesis'])}")
+        for e in i["edit"]:
+            out.append("[[idea.edit]]")
+            out += [f"{k} = {_value(v)}" for k, v in e.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+# -- environment, git, CLI ----------------------------------------------------------------------------------
+def isolated_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without any git identity or git/nightlab settings, HOME in a temp dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "NIGHTLAB_"))}
+    env.update(GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1", HOME=str(home), PYTHONUNBUFFERED="1")
+    env.pop("PYTEST_CURRENT_TEST", None)
+    home.mkdir(parents=True, exist_ok=True)
+    return env | (extra or {})
+
+
+def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
+
+
+@dataclass
+class Project:
+    """A tiny nightlab project: a git repo with one commit, run through the real CLI."""
+
+    dir: Path
+    home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return isolated_env(self.home, self.extra_env)
+
+    def git(self, *args: str, check: bool = True) -> str:
+        return git(*args, cwd=self.dir, env=self.env, check=check)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def config(self, overrides: dict | None = None) -> None:
+        self.write("nightlab.toml", toml_dumps(merged(BASE_CONFIG, overrides)))
+
+    def ideas(self, *ideas: dict) -> None:
+        self.write("ideas.toml", ideas_toml(list(ideas)))
+
+    def commit_all(self, message: str = "fixture") -> None:
+        # The fixture's own commits name an identity on the command line only: the repository and the
+        # environment still have none, so nightlab's commits must supply their own.
+        self.git("add", "-A")
+        self.git("-c", "user.name=fixture", "-c", "user.email=fixture@example.com", "commit", "-q", "-m", message)
+
+    def nl(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, *args], cwd=cwd or self.dir, env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def run(self, *args: str, tag: str = "t", ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = self.nl("run", "--tag", tag, *args, timeout=timeout)
+        if ok:
+            assert proc.returncode == 0, f"nightlab run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def state(self, tag: str = "t") -> Path:
+        return self.dir / ".nightlab" / tag
+
+    def worktree(self, tag: str = "t") -> Path:
+        return self.state(tag) / "worktree"
+
+    def ledger(self, tag: str = "t") -> list[dict]:
+        """Rows of the real SQLite ledger, read directly."""
+        db = sqlite3.connect(self.state(tag) / "ledger.sqlite")
+        db.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY n")]
+        finally:
+            db.close()
+        for r in rows:
+            r["runs"] = json.loads(r["runs"]) if r["runs"] else []
+            r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
+        return rows
+
+    def trial(self, n: int, tag: str = "t") -> dict:
+        return next(r for r in self.ledger(tag) if r["n"] == n)
+
+    def log_json(self, tag: str = "t") -> list[dict]:
+        proc = self.nl("log", "--tag", tag, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def status_json(self, tag: str = "t") -> dict:
+        proc = self.nl("status", "--tag", tag, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+
+def make_project(root: Path, train: str = TRAIN, config: dict | None = None, files: dict[str, str] | None = None,
+                 ideas: list[dict] | None = None, extra_env: dict[str, str] | None = None) -> Project:
+    """A committed project under root/proj (HOME is root/home); ideas.toml is written untracked."""
+    proj = Project(root / "proj", root / "home", dict(extra_env or {}))
+    proj.dir.mkdir(parents=True)
+    proj.git("init", "-q", "-b", "main")
+    proj.write("train.py", train)
+    proj.write("prepare.py", PREPARE)
+    proj.write("program.md", PROGRAM)
+    proj.write(".gitignore", GITIGNORE)
+    proj.config(config)
+    for name, text in (files or {}).items():
+        proj.write(name, text)
+    proj.commit_all("initial project")
+    # the scripted agent needs a queue even when no trial will use it (e.g. --max-trials 0)
+    proj.ideas(*(ideas if ideas is not None else [idea("placeholder: only take notes", content("notes\n", "scratchpad.md"))]))
+    return proj
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """Assert the CLI's bad-usage contract (exit 2, one line on stderr, no traceback); return that line."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{proc.stderr}"
+    return lines[0]
+
+
+def commit_message(proj: Project, ref: str) -> str:
+    return proj.git("log", "-1", "--format=%B", ref)

@@ -1,0 +1,141 @@
+"""The keep rule (decide.py): a pure function, tested over many cases for both goals.
+
+Values are chosen to be exact in binary floating point so the boundaries (gain == threshold,
+gain == 2 x threshold) are really tested at the boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nightlab.config import KeepConfig
+from nightlab.decide import Verdict, decide, noise, threshold
+from nightlab.types import Metric
+
+MIN, MAX = Metric("loss", "minimize"), Metric("acc", "maximize")
+K, D, C = Verdict.KEEP, Verdict.DISCARD, Verdict.CONFIRM
+
+
+def keep(threshold: object = "auto", confirm: int = 1, sigmas: float = 2.0) -> KeepConfig:
+    return KeepConfig(threshold=threshold, confirm=confirm, sigmas=sigmas)
+
+
+# best = 4.0, sigma = 0.25, sigmas = 2 → threshold 0.5; the confirm band is gains in (0.5, 1.0)
+@pytest.mark.parametrize("runs, verdict", [
+    ([2.0], K),  # a big win
+    ([3.0], K),  # gain exactly 2 x threshold: outside the confirm band
+    ([3.25], C),  # gain 0.75: above the threshold but marginal
+    ([3.5], D),  # gain exactly the threshold: not more than it
+    ([3.75], D),  # a win inside the noise
+    ([4.0], D),  # a tie
+    ([5.0], D),  # worse
+    ([3.25, 3.25], K),  # confirmed: the mean still beats the threshold
+    ([3.25, 3.75], D),  # not confirmed: the mean (3.5) is only at the threshold
+    ([3.25, 4.25], D),  # the confirmation run was a loss
+    ([3.25, 2.75], K),
+])
+def test_minimize_with_auto_threshold(runs: list[float], verdict: Verdict) -> None:
+    d = decide(MIN, runs, 4.0, 0.25, keep())
+    assert d.verdict == verdict
+    assert d.value == sum(runs) / len(runs)
+    assert d.improvement == 4.0 - d.value
+    assert d.threshold == 0.5
+
+
+@pytest.mark.parametrize("runs, verdict", [
+    ([6.0], K), ([5.0], K), ([4.75], C), ([4.5], D), ([4.25], D), ([4.0], D), ([3.0], D),
+    ([4.75, 4.75], K), ([4.75, 4.25], D),
+])
+def test_maximize_with_auto_threshold(runs: list[float], verdict: Verdict) -> None:
+    d = decide(MAX, runs, 4.0, 0.25, keep())
+    assert d.verdict == verdict
+    assert d.improvement == d.value - 4.0
+
+
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+@pytest.mark.parametrize("sigma", [None, 0.0])
+def test_without_a_noise_estimate_any_strict_improvement_is_kept(goal: str, sigma: float | None) -> None:
+    metric, sign = Metric("m", goal), (-1 if goal == "minimize" else 1)
+    better, worse = 4.0 + sign * 0.0625, 4.0 - sign * 0.0625
+    assert decide(metric, [better], 4.0, sigma, keep()).verdict == K  # no confirm band without a threshold
+    assert decide(metric, [4.0], 4.0, sigma, keep()).verdict == D  # ties revert
+    assert decide(metric, [worse], 4.0, sigma, keep()).verdict == D
+    assert decide(metric, [better], 4.0, sigma, keep()).threshold == 0.0
+
+
+@pytest.mark.parametrize("runs, verdict", [
+    ([3.9375], D),  # gain 0.0625 < 0.125
+    ([3.875], D),  # gain == threshold
+    ([3.8125], C),  # gain 0.1875 in (0.125, 0.25)
+    ([3.75], K),  # gain == 2 x threshold
+    ([3.0], K),
+])
+def test_a_numeric_threshold_ignores_the_noise(runs: list[float], verdict: Verdict) -> None:
+    for sigma in (None, 0.0, 0.25, 10.0):
+        d = decide(MIN, runs, 4.0, sigma, keep(threshold=0.125))
+        assert d.verdict == verdict, sigma
+        assert d.threshold == 0.125
+
+
+def test_a_zero_numeric_threshold_keeps_any_win_and_no_tie() -> None:
+    assert decide(MIN, [3.999], 4.0, 0.25, keep(threshold=0.0)).verdict == K
+    assert decide(MIN, [4.0], 4.0, 0.25, keep(threshold=0.0)).verdict == D
+    assert decide(MAX, [4.001], 4.0, 0.25, keep(threshold=0.0)).verdict == K
+
+
+def test_confirm_counts_the_extra_runs() -> None:
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(confirm=0)).verdict == K  # no confirmation configured
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(confirm=2)).verdict == C
+    assert decide(MIN, [3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == C  # one confirmation left
+    assert decide(MIN, [3.25, 3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K
+    assert decide(MIN, [3.25, 3.5, 3.75], 4.0, 0.25, keep(confirm=2)).verdict == D  # mean 3.5
+
+
+def test_sigmas_scales_the_auto_threshold() -> None:
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=1.0)).verdict == K  # threshold 0.25, band (0.25, 0.5)
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=4.0)).verdict == D  # threshold 1.0
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=0.0)).verdict == K  # threshold 0
+
+
+@pytest.mark.parametrize("sigma, thr, confirm", list(itertools.product([None, 0.0, 0.01, 1.0], ["auto", 0.0, 0.5], [0, 1, 3])))
+@pytest.mark.parametrize("metric", [MIN, MAX])
+def test_a_change_that_does_nothing_is_never_kept(metric: Metric, sigma, thr, confirm) -> None:
+    for runs in ([4.0], [4.0, 4.0], [4.0] * 4):
+        assert decide(metric, runs, 4.0, sigma, keep(threshold=thr, confirm=confirm)).verdict == D
+
+
+@pytest.mark.parametrize("runs, best, sigma", [([0.9], 1.0, None), ([0.97], 1.0, 0.01), ([1.2, 0.8], 1.0, 0.05),
+                                               ([0.5], 1.0, 0.1), ([1.0], 1.0, 0.1)])
+def test_the_goals_mirror_each_other(runs, best, sigma) -> None:
+    lo = decide(MIN, runs, best, sigma, keep())
+    hi = decide(MAX, [-r for r in runs], -best, sigma, keep())
+    assert lo.verdict == hi.verdict
+    assert lo.improvement == pytest.approx(hi.improvement)
+
+
+def test_noise_is_the_sample_standard_deviation() -> None:
+    assert noise([]) is None
+    assert noise([1.0]) is None
+    assert noise([1.0, 1.0, 1.0]) == 0.0
+    assert noise([1.0, 2.0, 3.0]) == 1.0
+    assert noise([1.03, 1.04, 1.05]) == pytest.approx(0.01)
+
+
+def test_threshold() -> None:
+    assert threshold(keep(), None) == 0.0
+    assert threshold(keep(), 0.0) == 0.0
+    assert threshold(keep(), 0.25) == 0.5
+    assert threshold(keep(sigmas=3), 0.25) == 0.75
+    assert threshold(keep(threshold=0.2), None) == 0.2
+    assert threshold(keep(threshold=0.2), 5.0) == 0.2
+
+
+def test_metric_direction() -> None:
+    assert MIN.improvement(0.9, 1.0) == pytest.approx(0.1) and MAX.improvement(0.9, 1.0) == pytest.approx(-0.1)
+    assert MIN.better(0.9, 1.0) and not MIN.better(1.0, 1.0) and not MIN.better(1.1, 1.0)
+    assert MAX.better(1.1, 1.0) and not MAX.better(1.0, 1.0)
+    assert MIN.better(5.0, None) and MAX.better(5.0, None)
+    assert MIN.best_of([3.0, 1.0, 2.0]) == 1.0 and MAX.best_of([3.0, 1.0, 2.0]) == 3.0
+    assert MIN.best_of([]) is None

@@ -1,0 +1,68 @@
+"""Ctrl-C during a trial's run: the harness stops promptly, takes the run down with it, and resumes cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from nlkit import CLI, idea, make_project, sub
+
+
+def _pgrep(marker: str) -> list[int]:
+    proc = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return [int(p) for p in proc.stdout.split()]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_during_a_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    marker = f"nlmark{uuid.uuid4().hex}"  # in the run's command line only, so pgrep finds just the run
+    proj = make_project(tmp_path, config={"run": {"command": f"python train.py {marker}"}},
+                        ideas=[idea("slow but better", sub("LR = 0.1", "LR = 0.3\nimport time\ntime.sleep(3)"))])
+    harness = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "1"], cwd=proj.dir, env=proj.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_log = proj.state() / "runs" / "1" / "run.log"
+        _wait_for(lambda: run_log.exists() and _pgrep(marker), 30, "trial 1's run to start")
+        time.sleep(0.3)
+        assert harness.poll() is None
+        sent = time.monotonic()
+        harness.send_signal(signal.SIGINT)
+        out, err = harness.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+    assert harness.returncode == 130, out + err
+    assert took < 3, f"took {took:.1f}s to stop"
+    assert "interrupted" in err and "Traceback" not in err
+    _wait_for(lambda: not _pgrep(marker), 2, "the run to be gone")  # no orphan left holding the GPU
+    interrupted = proj.ledger()
+    assert [r["n"] for r in interrupted] == [0, 1]
+    assert interrupted[1]["status"] == "running" and interrupted[1]["commit_sha"]
+
+    proj.run("--max-trials", "1")
+    ledger = proj.ledger()
+    assert [r["n"] for r in ledger] == [0, 1]  # trial 1 recorded once, not twice
+    assert [r["status"] for r in ledger] == ["baseline", "keep"]
+    assert ledger[1]["description"] == "slow but better"
+    assert ledger[1]["seconds"] >= 3  # the re-run went all the way through
+    subjects = proj.git("log", "--format=%s", "nightlab/t").splitlines()
+    assert subjects.count("trial 1: slow but better") == 1
+    assert proj.git("rev-parse", "refs/nightlab/t/trial-1") == ledger[1]["commit_sha"] == proj.git("rev-parse",
+                                                                                                   "nightlab/t")
+    assert "status: keep" in proj.git("log", "-1", "--format=%B", "nightlab/t")
+    assert not list((proj.state() / "runs" / "1").glob("repeat-*"))
+    rows = (proj.state() / "results.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[3] for r in rows] == ["baseline", "keep"]
+    assert not _pgrep(marker)
