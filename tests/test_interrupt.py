@@ -43,7 +43,7 @@ def test_ctrl_c_during_a_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
         if harness.poll() is None:
             harness.kill()
             harness.wait()
-    assert harness.returncode == 130, out + err
+    assert harness.returncode == 130, f"{out}{err}\nledger: {proj.ledger()}\nrun dirs: {sorted(p.name for p in (proj.state() / 'runs').iterdir())}"
     assert took < 3, f"took {took:.1f}s to stop"
     assert "interrupted" in err and "Traceback" not in err
     _wait_for(lambda: not _pgrep(marker), 2, "the run to be gone")  # no orphan left holding the GPU

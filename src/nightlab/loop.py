@@ -128,9 +128,9 @@ class Loop:
         rec.metrics = {name: (rec.metrics.get(name, v) * k + v) / (k + 1) for name, v in values.items()}
 
     def baseline(self) -> None:
-        rec = TrialRecord(n=0, description="baseline", commit_sha=self.ws.head(), seed=0)
-        rec.phase = program.current_phase(program.read_program(self.cfg)[1], [], self.cfg)
-        rec.phase = rec.phase.label if rec.phase else ""
+        first = program.current_phase(program.read_program(self.cfg)[1], [], self.cfg)
+        rec = TrialRecord(n=0, description="baseline", commit_sha=self.ws.head(), seed=0,
+                          phase=first.label if first else "")
         self.ws.reset(rec.commit_sha)
         self.ledger.save(rec)
         self.notify("run", rec)
