@@ -29,7 +29,10 @@ def test_ctrl_c_during_a_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     proj = make_project(tmp_path, config={"run": {"command": f"python train.py {marker}"}},
                         ideas=[idea("slow but better", sub("LR = 0.1", "LR = 0.3\nimport time\ntime.sleep(3)"))])
     harness = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "1"], cwd=proj.dir, env=proj.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # A shell that starts jobs in the background (as CI may) leaves SIGINT ignored,
+                               # and Python then never raises KeyboardInterrupt: restore what a terminal gives.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         run_log = proj.state() / "runs" / "1" / "run.log"
         _wait_for(lambda: run_log.exists() and _pgrep(marker), 30, "trial 1's run to start")
