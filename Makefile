@@ -5,18 +5,38 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install dev clean
+# The agent CLIs the tests drive, pinned, from the npm registry into a git-ignored folder (agents/clirun.py looks here).
+TOOLS       := .nightlab-tools
+CLAUDE_CODE := 2.1.332
+CODEX       := 0.171.0
+NPM         := npm install --no-audit --no-fund --loglevel=error --save-exact
+
+.PHONY: demo test install dev clean tools browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e ".[optuna,examples]"
+	$(PIP) -e ".[optuna,examples,report]"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e ".[dev]"
 	touch $@
+
+$(TOOLS)/.installed-$(CLAUDE_CODE)-$(CODEX):
+	mkdir -p $(TOOLS)/claude $(TOOLS)/codex
+	$(NPM) --prefix $(TOOLS)/claude @anthropic-ai/claude-code@$(CLAUDE_CODE)
+	$(NPM) --prefix $(TOOLS)/codex @openai/codex@$(CODEX)
+	touch $@
+
+tools: $(TOOLS)/.installed-$(CLAUDE_CODE)-$(CODEX)
+
+# Debian's chromium for the report's browser test, installed when missing and we are root (CI is).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is missing and could not be installed (needs root and apt-get): the browser test skips, or fails in CI"
 
 install: $(VENV)/.installed
 
@@ -25,8 +45,8 @@ dev: $(VENV)/.dev
 demo: $(VENV)/.installed
 	$(BIN)/nightlab demo
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev tools browser
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info $(TOOLS)

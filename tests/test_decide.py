@@ -22,17 +22,20 @@ def keep(threshold: object = "auto", confirm: int = 1, sigmas: float = 2.0) -> K
     return KeepConfig(threshold=threshold, confirm=confirm, sigmas=sigmas)
 
 
-# best = 4.0, sigma = 0.25, sigmas = 2 → threshold 0.5; the confirm band is gains in (0.5, 1.0)
+# best = 4.0 known exactly (best_runs=None), sigma = 0.25, sigmas = 2 → one run: threshold 0.5 and the confirm
+# band is gains in (0.25, 1.0); two runs: the standard error shrinks by sqrt(2), threshold 0.5/sqrt(2) ≈ 0.354
 @pytest.mark.parametrize("runs, verdict", [
     ([2.0], K),  # a big win
     ([3.0], K),  # gain exactly 2 x threshold: outside the confirm band
     ([3.25], C),  # gain 0.75: above the threshold but marginal
-    ([3.5], D),  # gain exactly the threshold: not more than it
-    ([3.75], D),  # a win inside the noise
+    ([3.5], C),  # gain exactly the threshold: uncertain, so it gets a second run
+    ([3.625], C),  # gain 0.375: under the threshold but above half of it: a second chance
+    ([3.75], D),  # gain exactly half the threshold: inside the noise
     ([4.0], D),  # a tie
     ([5.0], D),  # worse
-    ([3.25, 3.25], K),  # confirmed: the mean still beats the threshold
-    ([3.25, 3.75], D),  # not confirmed: the mean (3.5) is only at the threshold
+    ([3.25, 3.25], K),  # confirmed: the mean still beats the (smaller) threshold
+    ([3.5, 3.75], K),  # mean 3.625: gain 0.375 > 0.354
+    ([3.5, 4.0], D),  # mean 3.75: gain 0.25 < 0.354
     ([3.25, 4.25], D),  # the confirmation run was a loss
     ([3.25, 2.75], K),
 ])
@@ -41,17 +44,31 @@ def test_minimize_with_auto_threshold(runs: list[float], verdict: Verdict) -> No
     assert d.verdict == verdict
     assert d.value == sum(runs) / len(runs)
     assert d.improvement == 4.0 - d.value
-    assert d.threshold == 0.5
+    assert d.threshold == pytest.approx(0.5 / len(runs) ** 0.5)
 
 
 @pytest.mark.parametrize("runs, verdict", [
-    ([6.0], K), ([5.0], K), ([4.75], C), ([4.5], D), ([4.25], D), ([4.0], D), ([3.0], D),
-    ([4.75, 4.75], K), ([4.75, 4.25], D),
+    ([6.0], K), ([5.0], K), ([4.75], C), ([4.5], C), ([4.25], D), ([4.0], D), ([3.0], D),
+    ([4.75, 4.75], K), ([4.75, 3.75], D),
 ])
 def test_maximize_with_auto_threshold(runs: list[float], verdict: Verdict) -> None:
     d = decide(MAX, runs, 4.0, 0.25, keep())
     assert d.verdict == verdict
     assert d.improvement == d.value - 4.0
+
+
+def test_the_threshold_counts_the_runs_behind_the_best() -> None:
+    """The gain is a difference of two means: the best's own uncertainty widens the threshold."""
+    # sigma 0.25; one candidate run against a best of 3 runs: se = 0.25 * sqrt(1 + 1/3)
+    se = 0.25 * (4 / 3) ** 0.5
+    assert threshold(keep(), 0.25, 1, 3) == pytest.approx(2 * se)
+    assert decide(MIN, [3.5], 4.0, 0.25, keep(), best_runs=3).verdict == C  # 0.5 < 2 se ≈ 0.577
+    assert decide(MIN, [3.5], 4.0, 0.25, keep(confirm=0), best_runs=3).verdict == D
+    assert decide(MIN, [3.5], 4.0, 0.25, keep(confirm=0)).verdict == D  # 0.5 == the threshold: a tie with it
+    assert decide(MIN, [3.4], 4.0, 0.25, keep(confirm=0)).verdict == K
+    assert decide(MIN, [2.8], 4.0, 0.25, keep(), best_runs=3).verdict == K  # 1.2 > 2 x 0.577
+    # more runs behind the best → a smaller threshold
+    assert threshold(keep(), 0.25, 2, 10) < threshold(keep(), 0.25, 2, 3) < threshold(keep(), 0.25, 1, 3)
 
 
 @pytest.mark.parametrize("goal", ["minimize", "maximize"])
@@ -88,14 +105,18 @@ def test_a_zero_numeric_threshold_keeps_any_win_and_no_tie() -> None:
 def test_confirm_counts_the_extra_runs() -> None:
     assert decide(MIN, [3.25], 4.0, 0.25, keep(confirm=0)).verdict == K  # no confirmation configured
     assert decide(MIN, [3.25], 4.0, 0.25, keep(confirm=2)).verdict == C
-    assert decide(MIN, [3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == C  # one confirmation left
+    # two runs: threshold 0.354, band (0.177, 0.707): gain 0.5 is still uncertain with one confirmation left
+    assert decide(MIN, [3.25, 3.75], 4.0, 0.25, keep(confirm=2)).verdict == C
+    assert decide(MIN, [3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K  # gain 0.75 > 2 x 0.354
     assert decide(MIN, [3.25, 3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K
-    assert decide(MIN, [3.25, 3.5, 3.75], 4.0, 0.25, keep(confirm=2)).verdict == D  # mean 3.5
+    # three runs: threshold 0.5/sqrt(3) ≈ 0.289; mean 3.75 → gain 0.25: discarded
+    assert decide(MIN, [3.25, 3.75, 4.25], 4.0, 0.25, keep(confirm=2)).verdict == D
 
 
 def test_sigmas_scales_the_auto_threshold() -> None:
-    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=1.0)).verdict == K  # threshold 0.25, band (0.25, 0.5)
-    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=4.0)).verdict == D  # threshold 1.0
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=1.0)).verdict == K  # threshold 0.25, band (0.125, 0.5)
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=4.0)).verdict == C  # threshold 1.0, band (0.5, 2.0)
+    assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=8.0)).verdict == D  # threshold 2.0, band (1.0, 4.0)
     assert decide(MIN, [3.25], 4.0, 0.25, keep(sigmas=0.0)).verdict == K  # threshold 0
 
 
@@ -127,6 +148,7 @@ def test_threshold() -> None:
     assert threshold(keep(), None) == 0.0
     assert threshold(keep(), 0.0) == 0.0
     assert threshold(keep(), 0.25) == 0.5
+    assert threshold(keep(), 0.25, 4) == 0.25  # the standard error of a mean of 4 runs
     assert threshold(keep(sigmas=3), 0.25) == 0.75
     assert threshold(keep(threshold=0.2), None) == 0.2
     assert threshold(keep(threshold=0.2), 5.0) == 0.2

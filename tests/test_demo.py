@@ -26,7 +26,7 @@ def test_demo_runs_the_quickstart_end_to_end(tmp_path: Path) -> None:
 
     log = json.loads(nightlab("log", "--json", "--tag", "demo", cwd=dest).stdout)
     assert [t["n"] for t in log] == [0, 1, 2, 3]
-    assert log[0]["status"] == "baseline" and len(log[0]["runs"]) == 3  # noise runs
+    assert log[0]["status"] == "baseline" and len(log[0]["runs"]) == 5  # noise runs (the quickstart's [keep] noise_runs)
     assert all(t["status"] in {"keep", "discard", "crash", "timeout", "invalid", "rejected"} for t in log[1:])
     assert all("→" in t["description"] for t in log[1:] if t["status"] != "rejected")  # optuna's "A x → y"
 

@@ -101,7 +101,7 @@ def test_carriage_returns_do_not_hide_a_metric(tmp_path: Path, log: str) -> None
 def test_metrics_json(tmp_path: Path) -> None:
     _json(tmp_path, {"val_bpb": 0.9, "folds": [1, 2, 3], "name": "run-1", "flag": True, "nested": {"a": 1},
                      "empty": [], "mixed": [1, "x"]})
-    assert metrics.from_json(tmp_path / "metrics.json") == {"val_bpb": 0.9, "folds": 2.0}
+    assert metrics.from_json(tmp_path / "metrics.json") == {"val_bpb": 0.9, "folds": 2.0, "folds_std": 1.0}
 
 
 def test_missing_metrics_json_is_empty(tmp_path: Path) -> None:
@@ -124,6 +124,25 @@ def test_metrics_json_overrides_stdout(tmp_path: Path) -> None:
 def test_a_list_in_metrics_json_is_averaged(tmp_path: Path) -> None:
     _json(tmp_path, {"val_bpb": [0.9, 1.1, 1.0, 1.2]})  # e.g. one value per fold
     assert metrics.read(_result(tmp_path, ""), tmp_path, "val_bpb")["val_bpb"] == pytest.approx(1.05)
+
+
+def test_fold_lines_are_aggregated_to_mean_and_std(tmp_path: Path) -> None:
+    log = "mean_rank_fold0: 10\nmean_rank_fold1: 12\nmean_rank_fold2: 14\nacc_seed0: 0.5\nacc_seed1: 0.7\n"
+    found = metrics.read(_result(tmp_path, log), tmp_path, "mean_rank")
+    assert found["mean_rank"] == pytest.approx(12.0) and found["mean_rank_std"] == pytest.approx(2.0)
+    assert found["acc"] == pytest.approx(0.6) and found["acc_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert found["mean_rank_fold1"] == 12.0  # the folds themselves stay recorded
+
+
+def test_a_metric_the_run_reports_itself_beats_the_fold_mean(tmp_path: Path) -> None:
+    found = metrics.read(_result(tmp_path, "m_fold0: 1\nm_fold1: 3\nm: 5\n"), tmp_path, "m")
+    assert found["m"] == 5.0 and found["m_std"] == pytest.approx(2 ** 0.5)
+
+
+def test_a_list_in_metrics_json_records_its_spread(tmp_path: Path) -> None:
+    _json(tmp_path, {"val_bpb": [0.9, 1.1, 1.0, 1.2]})
+    found = metrics.read(_result(tmp_path, ""), tmp_path, "val_bpb")
+    assert found["val_bpb_std"] == pytest.approx(0.1291, abs=1e-4)
 
 
 def test_with_a_trusted_evaluator_only_the_json_counts(tmp_path: Path) -> None:

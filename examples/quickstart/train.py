@@ -11,6 +11,8 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_BUDGET_S  float, the time budget in wall-clock seconds, start-up included (default 8).
                        When it is spent, training stops and the model is evaluated as it is.
     NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
+    NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
+    NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
 
 The last lines on stdout are the summary block that nightlab reads (`name: value`).
 """
@@ -53,7 +55,12 @@ seed = int(os.environ.get("NIGHTLAB_SEED", "0"))
 budget_s = float(os.environ.get("NIGHTLAB_BUDGET_S", "8"))
 rng = np.random.default_rng(seed)
 
+split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate() scores at the end
+
 X_train, y_train = load_split("train")  # (1077, 64) float32 in [0, 1], (1077,) int64
+if os.environ.get("NIGHTLAB_FINAL") == "1":  # the final retrain before a test evaluation: train+val
+    X_val, y_val = load_split("val")
+    X_train, y_train = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
 n_train, n_features = X_train.shape
 Y_train = np.full((n_train, NUM_CLASSES), LABEL_SMOOTHING / NUM_CLASSES, dtype=np.float32)
 Y_train[np.arange(n_train), y_train] += 1.0 - LABEL_SMOOTHING  # smoothed one-hot targets
@@ -182,11 +189,11 @@ training_seconds = time.perf_counter() - t_start
 if not all(np.isfinite(p).all() for p in params):
     print("FAIL")
     sys.exit(1)
-results = evaluate(predict_proba)
+results = evaluate(predict_proba, split)
 peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 print("---")
-print(f"val_loss:         {results['val_loss']:.6f}")
-print(f"val_accuracy:     {results['val_accuracy']:.4f}")
+print(f"{split + '_loss:':<18}{results[split + '_loss']:.6f}")
+print(f"{split + '_accuracy:':<18}{results[split + '_accuracy']:.4f}")
 print(f"training_seconds: {training_seconds:.1f}")
 print(f"peak_memory_gb:   {peak_memory_gb:.3f}")
 print(f"epochs:           {step / steps_per_epoch:.1f}")

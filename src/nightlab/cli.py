@@ -37,13 +37,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record: the live view swaps it to print log lines above its panel."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache INFO lines are noise here
 
 
 def _load(path: Path | None) -> config.Config:
@@ -127,18 +136,21 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
                              ("sandbox.backend", sandbox, "--sandbox")):
         if value is not None:
             config.override(cfg, key, value, flag)
+    from nightlab.report import watch
     from nightlab.session import run_session
 
     tag = _tag(cfg, tag)
     state = project.state_dir(cfg, tag)
-    with _lock(state):
+    with _lock(state), watch(cfg, tag, console, _print_event, max_trials, hours) as notify:
         try:
-            reason = run_session(cfg, tag, max_trials, hours, _print_event)
+            reason = run_session(cfg, tag, max_trials, hours, notify)
         except KeyboardInterrupt:
             err.print(f"interrupted: the ledger is consistent; resume with `nightlab run --tag {tag}`", markup=False)
             raise typer.Exit(130) from None
     _show_status(cfg, tag)
     console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
+    if cfg.report.html:
+        console.print(f"report: {state}/report.html")
 
 
 def _print_event(event: str, rec: TrialRecord) -> None:
@@ -186,7 +198,10 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
     tag = _tag(cfg, tag)
     if as_json:
         ledger = _existing(cfg, tag)
-        print(json.dumps(views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")))
+        from nightlab.verify import latest
+
+        data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")
+        print(json.dumps(data | {"verify": latest(ledger)}))
         return
     _show_status(cfg, tag)
 
@@ -196,6 +211,10 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}")))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
+    from nightlab import verify
+
+    if rows := verify.latest(ledger):
+        console.print(verify.table(rows, cfg.metric.name, "last verify (nightlab verify)"))
 
 
 @app.command("log")
@@ -209,6 +228,67 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
         console.print(views.trials_table(trials, cfg.metric.name, width=console.width))
 
 
+# -- verify -------------------------------------------------------------------------------------
+@app.command("verify")
+def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
+               seeds: Annotated[int, typer.Option(help="Fresh seeds per measurement.", min=2, max=1000)] = 5,
+               ablate: Annotated[bool, typer.Option("--ablate", help="Take each kept change out of the best in turn.")] = False,
+               test: Annotated[bool, typer.Option("--test", help="Evaluate baseline and best on the test split.")] = False,
+               final: Annotated[bool, typer.Option("--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False) -> None:
+    """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final."""
+    cfg = _load(config_path)
+    if final and not test:
+        raise UsageError("--final retrains on train+val for the test evaluation; use it with --test")
+    if test and not cfg.data.test:
+        raise UsageError(f"{cfg.path}: --test needs [data] test (the held-out paths)")
+    tag = _tag(cfg, tag)
+    from nightlab import verify
+
+    ledger = _existing(cfg, tag)
+    with _lock(project.state_dir(cfg, tag)):
+        v = verify.Verifier(cfg, tag, ledger, verify.Options(seeds, ablate, test, final),
+                            lambda what: console.print(f"[dim]verify {escape(what)}[/]"))
+        try:
+            v.run()
+        except KeyboardInterrupt:
+            err.print(f"interrupted: the worktree is back at the best commit of {tag!r}; nothing was recorded",
+                      markup=False)
+            raise typer.Exit(130) from None
+    console.print(verify.table(verify.latest(ledger) or [], cfg.metric.name, f"nightlab verify #{v.number} ({tag})"))
+    console.print(f"effect = how much better the second column is (positive = better); seeds "
+                  f"{v.seeds[0]}..{v.seeds[-1]}; runs: {project.state_dir(cfg, tag)}/verify/{v.number}/")
+
+
+# -- report -------------------------------------------------------------------------------------
+@app.command("report")
+def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
+    """Write .nightlab/<tag>/report.html (self-contained: open it in any browser) and progress.png."""
+    cfg = _load(config_path)
+    tag = _tag(cfg, tag)
+    _existing(cfg, tag).close()
+    from nightlab.report import write_report
+
+    path, note = write_report(cfg, tag)
+    if note:
+        log.warning("the report has no progress chart: %s", note)
+    console.print(f"report: {path}" + ("" if note else f"\nchart:  {path.parent / 'progress.png'}"))
+
+
+# -- doctor -----------------------------------------------------------------------------------
+@app.command()
+def doctor() -> None:
+    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras."""
+    from nightlab.doctor import checks
+
+    section = ""
+    for c in checks():
+        if c.section != section:
+            section = c.section
+            console.print(f"[bold]{section}[/]")
+        mark = "[green]ok[/]  " if c.ok else "[yellow]no[/]  "
+        console.print(f"  {mark}{c.name:<13} {escape(c.text)}")
+
+
 # -- demo -------------------------------------------------------------------------------------
 @app.command()
 def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo project.")] = None,
@@ -219,16 +299,18 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where 
     console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, {trials} trials")
     cfg = config.load(dest / config.CONFIG_NAME)
     project.prepare(cfg)
+    from nightlab.report import watch
     from nightlab.session import run_session
 
-    with _lock(project.state_dir(cfg, "demo")):
-        reason = run_session(cfg, "demo", trials, None, _print_event)
+    with _lock(project.state_dir(cfg, "demo")), watch(cfg, "demo", console, _print_event, trials, None) as notify:
+        reason = run_session(cfg, "demo", trials, None, notify)
     _show_status(cfg, "demo")
     state = project.state_dir(cfg, "demo")
     console.print(f"stopped: {reason}\n\n[bold]where everything is[/]\n"
                   f"  project:  {dest}\n  ledger:   {state}/ledger.sqlite  (results.tsv beside it)\n"
                   f"  runs:     {state}/runs/<n>/  (run.log, metrics.json, diff.patch, brief.md)\n"
                   f"  branch:   nightlab/demo  (git -C {dest} log --oneline nightlab/demo)\n"
+                  f"  report:   {state}/report.html  (progress.png beside it)\n"
                   f"  more:     cd {dest} && nightlab status && nightlab log")
 
 

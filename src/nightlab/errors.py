@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nightlab.types import Status
+from nightlab.types import Proposal, Status
 
 
 class NightlabError(Exception):
@@ -21,6 +21,8 @@ class TrialFailed(NightlabError):
 
 class AgentFailed(TrialFailed):
     status = Status.REJECTED
+    # What the failed attempt cost (tokens, dollars, transcript), when the agent knows it.
+    proposal: "Proposal | None" = None
 
 
 class EditRejected(TrialFailed):

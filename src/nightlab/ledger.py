@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS trials (
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
     started REAL, finished REAL
 );
+CREATE TABLE IF NOT EXISTS verify (   -- one row per comparison of one `nightlab verify` (see verify.py)
+    run INTEGER NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, trial INTEGER, commit_sha TEXT,
+    seeds TEXT, final INTEGER, reference_runs TEXT, runs TEXT, n_ref INTEGER, n INTEGER,
+    reference REAL, value REAL, effect REAL, ci_low REAL, ci_high REAL, p_value REAL, cohens_d REAL,
+    note TEXT, created REAL,
+    PRIMARY KEY (run, kind, label)
+);
 """
 RUNNING = "running"
 

@@ -9,13 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nightlab import metrics, program
+from nightlab import metrics, program, project
 from nightlab.agents import Agent
 from nightlab.config import Config
 from nightlab.decide import Verdict, decide, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed, TrialFailed, TrialInvalid
+from nightlab.integrity import clear, data_fingerprints
 from nightlab.ledger import RUNNING, Ledger, TrialRecord, write_tsv
 from nightlab.sandbox import Sandbox, passthrough
+from nightlab.sandbox.options import spec_fields
 from nightlab.types import RunResult, RunSpec, Status
 from nightlab.workspace import Workspace, changed, checksums
 
@@ -87,6 +89,9 @@ class Loop:
             (out / "diff.patch").write_text(self.ws.diff())
             files = self.ws.verify_edits()
         except (AgentFailed, EditRejected) as e:
+            if spent := getattr(e, "proposal", None):  # a failed attempt still costs tokens
+                (out / "agent.log").write_text(spent.transcript)
+                rec.cost_usd, rec.tokens_in, rec.tokens_out = spent.cost_usd, spent.tokens_in, spent.tokens_out
             self.failures += 1
             rec.status, rec.reason = Status.REJECTED, str(e)
             return rec
@@ -106,7 +111,7 @@ class Loop:
         self.notify("run", rec)
         self._run(rec, 0)
         while True:
-            d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep)
+            d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep, len(best.runs) or None)
             if d.verdict != Verdict.CONFIRM:
                 break
             self.notify("confirm", rec)
@@ -118,7 +123,7 @@ class Loop:
         """One run of the trial's commit; its metrics are folded into `rec` (means over runs)."""
         spec = RunSpec(command=self.cfg.run.command, cwd=self.ws.dir, run_dir=self.run_dir(rec.n, k),
                        budget_s=self.cfg.run.budget_s, timeout_s=self.cfg.run.timeout_s, seed=rec.seed + k,
-                       trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s)
+                       trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s, **spec_fields(self.cfg, self.ws.dir))
         seconds: list[float] = []
         try:
             values = measure(self.cfg, self.sandbox, spec, seconds)
@@ -221,25 +226,33 @@ class Loop:
         return ""
 
 
-def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float]) -> dict[str, float]:
+def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float],
+            data: list[str] | None = None) -> dict[str, float]:
     """Run `spec` (and the trusted evaluator, if configured); return its metrics or raise how it failed.
 
-    `seconds` collects each run's duration, so time is accounted even when the trial fails.
+    `seconds` collects each run's duration, so time is accounted even when the trial fails. `data`: the
+    data paths to fingerprint around the run (default: what trials see).
     """
-    before = checksums(spec.cwd, cfg.project.protected)
+    data = project.visible_data(cfg) if data is None else data
+    before, data_before = checksums(spec.cwd, cfg.project.protected), data_fingerprints(spec.cwd, data)
     result = _logged_run(sandbox, spec)
     seconds.append(result.seconds)
     if cfg.metric.evaluate:
         # Training only writes artifacts; what it printed or wrote as metrics does not count.
         metrics.read_exit(result)
-        (spec.run_dir / "metrics.json").unlink(missing_ok=True)
-        spec = replace(spec, command=cfg.metric.evaluate, log_name="evaluate.log")
+        for name in ("metrics.json", "evaluate.log", "sandbox-evaluate.json"):  # whatever training left there
+            clear(spec.run_dir / name)
+        # NIGHTLAB_TRAIN_DIR: where the training run left its artifacts (today the same directory)
+        spec = replace(spec, command=cfg.metric.evaluate, log_name="evaluate.log",
+                       env={**spec.env, "NIGHTLAB_TRAIN_DIR": str(spec.run_dir)})
         result = _logged_run(sandbox, spec)
         seconds.append(result.seconds)
     if bad := changed(before, checksums(spec.cwd, cfg.project.protected)):
         raise TrialInvalid(f"protected file changed during the run: {', '.join(bad)}")
+    if bad := changed(data_before, data_fingerprints(spec.cwd, data)):
+        raise TrialInvalid(f"data changed during the run: {', '.join(bad)}")
     values = metrics.read(result, spec.run_dir, cfg.metric.name, stdout=not cfg.metric.evaluate)
-    if not (spec.run_dir / "metrics.json").exists():
+    if not (spec.run_dir / "metrics.json").is_file():
         _write_json(spec.run_dir / "metrics.json", values)
     metrics.check_constraints(values, cfg.metric.constraints)
     return values
@@ -250,9 +263,10 @@ def _logged_run(sandbox: Sandbox, spec: RunSpec) -> RunResult:
     name = "sandbox.json" if spec.log_name == "run.log" else f"sandbox-{Path(spec.log_name).stem}.json"
     _write_json(spec.run_dir / name, {"backend": sandbox.name, "command": spec.command, "cwd": str(spec.cwd),
                                       "seed": spec.seed, "seconds": result.seconds, "exit_code": result.exit_code,
-                                      "exit_reason": result.reason})
+                                      "exit_reason": result.reason, **result.details})
     return result
 
 
 def _write_json(path: Path, data: object) -> None:
+    clear(path)  # never write through a link a run planted in its run directory
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

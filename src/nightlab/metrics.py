@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 from nightlab.config import Constraint
@@ -15,6 +16,8 @@ from nightlab.types import RunResult
 LINE = re.compile(r"^([A-Za-z_][\w.\-/]*):[ \t]+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))[ \t]*$",
                   re.IGNORECASE | re.MULTILINE)
 MAX_LOG_SCAN = 1 << 20  # the summary block is at the end; a huge log is only scanned at its tail
+# Several folds or seeds reported by one run: `mean_rank_fold0`, `mean_rank_fold1`, … (or `_seed0`, …).
+FOLD = re.compile(r"^(.+)_(?:fold|seed)(\d+)$")
 
 
 def from_log(log_path: Path) -> dict[str, float]:
@@ -34,12 +37,35 @@ def from_json(path: Path) -> dict[str, float]:
         raise RunCrashed(f"metrics.json is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise RunCrashed("metrics.json must hold an object of name: number")
-    out = {}
+    out: dict[str, float] = {}
     for name, value in data.items():
-        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-            value = sum(value) / len(value)  # several folds or seeds in one run: their mean
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, list) and value and all(_number(v) for v in value):
+            out[name] = statistics.fmean(value)  # several folds or seeds in one run: mean ± std
+            if len(value) >= 2 and all(math.isfinite(v) for v in value):
+                out.setdefault(f"{name}_std", statistics.stdev(value))
+        elif _number(value):
             out[name] = float(value)
+    return out
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def aggregate(metrics: dict[str, float]) -> dict[str, float]:
+    """Add `name` = mean and `name_std` = sample std over `name_fold0..k` (or `_seed0..k`).
+
+    A value the run reported itself under `name` or `name_std` is left as it is.
+    """
+    groups: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        if m := FOLD.match(key):
+            groups.setdefault(m.group(1), []).append(value)
+    out = dict(metrics)
+    for name, values in groups.items():
+        out.setdefault(name, statistics.fmean(values))
+        if len(values) >= 2 and all(math.isfinite(v) for v in values):
+            out.setdefault(f"{name}_std", statistics.stdev(values))
     return out
 
 
@@ -54,7 +80,7 @@ def read_exit(result: RunResult) -> None:
 def read(result: RunResult, run_dir: Path, primary: str, stdout: bool = True) -> dict[str, float]:
     """All metrics of a finished run; raises with the status the run earns if it has no usable primary."""
     read_exit(result)
-    metrics = (from_log(result.log_path) if stdout else {}) | from_json(run_dir / "metrics.json")
+    metrics = aggregate((from_log(result.log_path) if stdout else {}) | from_json(run_dir / "metrics.json"))
     if primary not in metrics:
         raise RunCrashed(f"metric missing: no '{primary}: <number>' line and no metrics.json entry")
     if not math.isfinite(metrics[primary]):

@@ -13,6 +13,7 @@ from nightlab.errors import TrialFailed
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.loop import Limits, Loop, measure
 from nightlab.sandbox import load_sandbox, passthrough
+from nightlab.sandbox.options import spec_fields
 from nightlab.types import RunSpec
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
@@ -54,7 +55,7 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
     (run_dir / "diff.patch").write_text(git("diff", "HEAD", "--", ".", cwd=cfg.root, check=False))
     spec = RunSpec(command=cfg.run.command, cwd=cfg.root, run_dir=run_dir, budget_s=cfg.run.budget_s,
                    timeout_s=cfg.run.timeout_s, seed=0, trial=0, env=passthrough(cfg.run.env, str(cfg.path)),
-                   grace_s=cfg.run.grace_s)
+                   grace_s=cfg.run.grace_s, **spec_fields(cfg, cfg.root))
     seconds: list[float] = []
     try:
         return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds), "", sum(seconds), run_dir

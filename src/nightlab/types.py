@@ -77,6 +77,16 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra variables, already filtered
     log_name: str = "run.log"
     grace_s: float = 5.0
+    # What an isolating backend shows and limits (see sandbox/options.py); the process backend ignores them.
+    readonly: list[Path] = field(default_factory=list)  # readable besides cwd, e.g. the targets of data links
+    hidden: list[Path] = field(default_factory=list)  # invisible (the project and its state), before re-binds
+    masked: list[Path] = field(default_factory=list)  # invisible even inside cwd or readonly (the test split)
+    memory_gb: float | None = None
+    gpus: str = ""  # "all", "none"/"", or indices "0,1"
+    max_pids: int = 0  # 0 = no limit
+    max_log_mb: float = 0
+    max_run_dir_mb: float = 0
+    image: str = ""  # docker/podman only
 
 
 @dataclass
@@ -88,6 +98,7 @@ class RunResult:
     timed_out: bool
     log_path: Path
     reason: str = ""
+    details: dict = field(default_factory=dict)  # backend specifics (mounts, limits), merged into sandbox.json
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,10 @@ from nightlab.types import Brief, Proposal, Status
 AGENTS = {
     "scripted": "nightlab.agents.scripted:ScriptedAgent",
     "optuna": "nightlab.agents.optuna:OptunaAgent",
+    "anthropic": "nightlab.agents.anthropic:AnthropicAgent",
+    "openai": "nightlab.agents.openai:OpenAIAgent",
+    "claude-code": "nightlab.agents.claude_code:ClaudeCodeAgent",
+    "codex": "nightlab.agents.codex:CodexAgent",
 }
 
 

@@ -12,7 +12,8 @@ from typing import Protocol
 from nightlab.errors import UsageError
 from nightlab.types import RunResult, RunSpec
 
-BACKENDS = {"process": "nightlab.sandbox.process:ProcessSandbox"}
+BACKENDS = {"bwrap": "nightlab.sandbox.bwrap:BwrapSandbox", "docker": "nightlab.sandbox.container:DockerSandbox",
+            "podman": "nightlab.sandbox.container:PodmanSandbox", "process": "nightlab.sandbox.process:ProcessSandbox"}
 
 # A name like these never reaches a run, even when listed in [run] env.
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
@@ -28,8 +29,10 @@ class Sandbox(Protocol):
 
 
 def load_sandbox(name: str) -> Sandbox:
-    if name == "auto":
-        name = "process"  # the only backend so far; it warns on every run
+    if name == "auto":  # bwrap, docker or podman, whichever works first; never `process` (no isolation)
+        from nightlab.sandbox.probe import choose_auto
+
+        name = choose_auto()
     target = BACKENDS.get(name)
     if target is None:
         raise UsageError(f"unknown or unavailable sandbox {name!r} (available: {', '.join(BACKENDS)})")

@@ -1,0 +1,129 @@
+"""Data preparation and the fixed evaluation for the tinylm example.
+
+This file is PROTECTED: the agent never edits it. It does two things:
+
+1. `python prepare.py` checks the shipped corpus (corpus.txt.xz, public-domain English: the
+   King James Bible, the Jargon File 4.4.7 and Bierce's Devil's Dictionary; built once by
+   build_corpus.py) against its SHA-256, decompresses it and cuts it into 16 KiB blocks:
+   every 20th block goes to val, the block 10 after it to test, the rest to train. It writes
+   data/{train,val,test}.bin (raw bytes). It is idempotent (pass --force to rewrite).
+2. train.py imports `load_split` and `evaluate_bpb` from here, so every experiment is scored
+   the same way: bits per byte on the first EVAL_BYTES of the split, the model predicting
+   each byte from up to SEQ_LEN bytes before it (non-overlapping windows). As Karpathy
+   defines val_bpb: the summed cross-entropy in nats over all predicted targets, divided by
+   the number of target bytes and by ln 2. Tokens here are bytes, so the count of target
+   bytes is the count of targets and the metric does not depend on a tokenizer.
+"""
+
+import hashlib
+import lzma
+import math
+import os
+import sys
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Constants (fixed: changing them changes the task)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus.txt.xz")
+CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"
+DATA_DIR = "data"             # relative to the current directory
+SPLITS = ("train", "val", "test")
+BLOCK_BYTES = 16 * 1024       # the unit of the split
+SPLIT_EVERY = 20              # block i goes to val if i % 20 == 0, to test if i % 20 == 10
+VOCAB_SIZE = 256              # byte-level: a token is a byte
+SEQ_LEN = 256                 # context of the evaluation: bytes a prediction may look back on
+EVAL_BYTES = 128 * 1024       # predicted bytes per evaluation (512 windows of SEQ_LEN)
+EVAL_BATCH = 32               # windows per forward pass (does not change the result)
+
+# ---------------------------------------------------------------------------
+# Data preparation (run once)
+
+def _path(name):
+    return os.path.join(DATA_DIR, f"{name}.bin")
+
+
+def read_corpus():
+    """The corpus as bytes, after checking the compressed file's SHA-256."""
+    with open(CORPUS, "rb") as f:
+        blob = f.read()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != CORPUS_SHA256:
+        raise SystemExit(f"{CORPUS}: sha256 {digest} is not the expected {CORPUS_SHA256} (corrupt or changed)")
+    return lzma.decompress(blob)
+
+
+def split_corpus(text):
+    """{"train": bytes, "val": bytes, "test": bytes}: the deterministic block split."""
+    parts = {name: [] for name in SPLITS}
+    for i in range(0, math.ceil(len(text) / BLOCK_BYTES)):
+        block = text[i * BLOCK_BYTES:(i + 1) * BLOCK_BYTES]
+        r = i % SPLIT_EVERY
+        parts["val" if r == 0 else "test" if r == SPLIT_EVERY // 2 else "train"].append(block)
+    return {name: b"".join(blocks) for name, blocks in parts.items()}
+
+
+def prepare(force=False):
+    """Write data/{train,val,test}.bin; does nothing if they are already there."""
+    if not force and all(os.path.isfile(_path(name)) for name in SPLITS):
+        print(f"{DATA_DIR}/ already prepared (pass --force to rewrite)")
+        return
+    splits = split_corpus(read_corpus())         # checks the corpus before writing anything
+    os.makedirs(DATA_DIR, exist_ok=True)
+    for name, data in splits.items():
+        tmp = _path(name) + ".tmp"
+        with open(tmp, "wb") as f:                # write-then-rename: never a half-written file
+            f.write(data)
+        os.replace(tmp, _path(name))
+        print(f"{_path(name)}: {len(data):,} bytes")
+
+# ---------------------------------------------------------------------------
+# Loading and the fixed evaluation (imported by train.py)
+
+def load_split(name):
+    """The split's bytes as a uint8 numpy array."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r} (one of {', '.join(SPLITS)})")
+    path = _path(name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python prepare.py` (or `nightlab prepare`) first")
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def evaluate_bpb(model, split="val"):
+    """Bits per byte of `model` on the first EVAL_BYTES of a split.
+
+    `model(x)` takes a LongTensor (B, T) of bytes, T <= SEQ_LEN, and returns logits (B, T, 256):
+    position t predicts byte t+1 from bytes 0..t only. Returns {"<split>_bpb": float}.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    data = load_split(split)
+    n_windows = EVAL_BYTES // SEQ_LEN
+    if len(data) < n_windows * SEQ_LEN + 1:
+        raise ValueError(f"split {split!r} is too small for the evaluation")
+    starts = np.arange(n_windows) * SEQ_LEN
+    idx = starts[:, None] + np.arange(SEQ_LEN + 1)[None, :]
+    windows = torch.from_numpy(data[idx].astype(np.int64))
+    total_nats, total_bytes = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n_windows, EVAL_BATCH):
+            batch = windows[i:i + EVAL_BATCH]
+            x, y = batch[:, :-1], batch[:, 1:]
+            logits = model(x)
+            if tuple(logits.shape) != (x.shape[0], SEQ_LEN, VOCAB_SIZE):
+                raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
+                                 f"expected {(x.shape[0], SEQ_LEN, VOCAB_SIZE)}")
+            logits = logits.double()
+            if not torch.isfinite(logits).all():
+                raise ValueError("model returned NaN or inf logits")
+            total_nats += float(F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1), reduction="sum"))
+            total_bytes += y.numel()
+    return {f"{split}_bpb": total_nats / (total_bytes * math.log(2))}
+
+
+if __name__ == "__main__":
+    prepare(force="--force" in sys.argv[1:])

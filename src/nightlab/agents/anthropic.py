@@ -1,0 +1,94 @@
+"""The `anthropic` agent: the shared tool loop over the Anthropic Messages API (official SDK, an extra).
+
+The endpoint is `[agent] base_url`, else the SDK's own ANTHROPIC_BASE_URL, else Anthropic's API. The key
+comes from ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) and is never written anywhere. The system prompt
+and the brief carry `cache_control`, so every turn after the first reads the brief from the prompt cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nightlab.agents import require
+from nightlab.agents import toolloop
+from nightlab.agents.prices import Usage
+from nightlab.agents.toolloop import ToolCall, Turn
+from nightlab.config import Config
+from nightlab.errors import AgentFailed, UsageError
+from nightlab.types import Brief, Proposal, Status
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+CACHED = {"type": "ephemeral"}
+
+
+class AnthropicAgent:
+    def __init__(self, config: Config, state_dir: Path) -> None:
+        self.cfg = config
+        self.sdk: Any = require("anthropic", "anthropic")
+        self.model = config.agent.model or DEFAULT_MODEL
+        key = os.environ.get("ANTHROPIC_API_KEY")
+        token = os.environ.get("ANTHROPIC_AUTH_TOKEN")
+        base = config.agent.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        if not (key or token or base):
+            raise UsageError("agent anthropic: set ANTHROPIC_API_KEY (or [agent] base_url for a keyless endpoint)")
+        # The SDK retries 429/5xx itself with exponential backoff (honouring retry-after); bound it.
+        self.client = self.sdk.Anthropic(api_key=key or (None if token else "none"), auth_token=token,
+                                         base_url=base, max_retries=config.agent.max_retries,
+                                         timeout=config.agent.timeout_s)
+
+    def propose(self, workspace: Path, brief: Brief) -> Proposal:
+        tools = toolloop.FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
+        chat = _Chat(self, toolloop.system_prompt(self.cfg), brief.text)
+        return toolloop.run(chat, tools, self.cfg, self.model, brief)
+
+    def observe(self, trial: int, status: Status, metric: float | None) -> None:
+        """Each trial starts a fresh conversation: the brief and the scratchpad carry the memory."""
+
+
+class _Chat:
+    def __init__(self, agent: AnthropicAgent, system: str, brief: str) -> None:
+        self.agent = agent
+        self.system = [{"type": "text", "text": system, "cache_control": CACHED}]
+        self.tools = [{"name": n, "description": d, "input_schema": s} for n, d, s in toolloop.tool_specs()]
+        self.messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": brief,
+                                                                   "cache_control": CACHED}]}]
+
+    def send(self) -> Turn:
+        a = self.agent
+        try:
+            with a.client.messages.stream(model=a.model, max_tokens=a.cfg.agent.reply_tokens, system=self.system,
+                                          tools=self.tools, messages=self.messages) as stream:
+                msg = stream.get_final_message()
+        except a.sdk.APIError as e:
+            raise AgentFailed(f"anthropic API error: {_short(e)}") from None
+        content, calls, said = [], [], []
+        for block in msg.content:
+            if block.type == "text":
+                content.append({"type": "text", "text": block.text})
+                said.append(block.text)
+            elif block.type == "tool_use":
+                content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+                calls.append(ToolCall(block.id, block.name, toolloop.parse_args(block.input)))
+        if not content:
+            raise AgentFailed(f"the model sent an empty reply (stop_reason {msg.stop_reason})")
+        self.messages.append({"role": "assistant", "content": content})
+        u = msg.usage
+        read, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
+        usage = Usage(tokens_in=u.input_tokens + read + write, tokens_out=u.output_tokens, cache_read=read,
+                      cache_write=write)
+        return Turn("\n".join(said), calls, usage)
+
+    def results(self, results: list[tuple[ToolCall, str, bool]]) -> None:
+        self.messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": c.id, "content": out, "is_error": err} for c, out, err in results]})
+
+    def say(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+
+def _short(e: Exception) -> str:
+    status = getattr(e, "status_code", None)
+    text = " ".join(str(e).split())[:200]
+    return f"{status}: {text}" if status else text

@@ -1,0 +1,92 @@
+"""The `openai` agent: the shared tool loop over the Chat Completions API (official SDK, an extra).
+
+Chat Completions is what OpenAI-compatible servers speak, so with `[agent] base_url` this agent drives
+Ollama, vLLM, llama.cpp's server, LM Studio or OpenRouter as well as OpenAI. The endpoint is
+`[agent] base_url`, else the SDK's own OPENAI_BASE_URL, else OpenAI's API; the key comes from
+OPENAI_API_KEY (a local server needs none). OpenAI caches long prompt prefixes by itself; the cached
+tokens it reports are priced as cache reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nightlab.agents import require
+from nightlab.agents import toolloop
+from nightlab.agents.prices import Usage
+from nightlab.agents.toolloop import ToolCall, Turn
+from nightlab.config import Config
+from nightlab.errors import AgentFailed, UsageError
+from nightlab.types import Brief, Proposal, Status
+
+DEFAULT_MODEL = "gpt-5"
+
+
+class OpenAIAgent:
+    def __init__(self, config: Config, state_dir: Path) -> None:
+        self.cfg = config
+        self.sdk: Any = require("openai", "openai")
+        self.model = config.agent.model or DEFAULT_MODEL
+        key = os.environ.get("OPENAI_API_KEY")
+        self.base = config.agent.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if not (key or self.base):
+            raise UsageError("agent openai: set OPENAI_API_KEY (or [agent] base_url for a local server such as Ollama)")
+        # Local servers ignore the key, but the SDK insists on one.
+        self.client = self.sdk.OpenAI(api_key=key or "local", base_url=self.base,
+                                      max_retries=config.agent.max_retries, timeout=config.agent.timeout_s)
+
+    def propose(self, workspace: Path, brief: Brief) -> Proposal:
+        tools = toolloop.FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
+        chat = _Chat(self, toolloop.system_prompt(self.cfg), brief.text)
+        return toolloop.run(chat, tools, self.cfg, self.model, brief)
+
+    def observe(self, trial: int, status: Status, metric: float | None) -> None:
+        """Each trial starts a fresh conversation: the brief and the scratchpad carry the memory."""
+
+
+class _Chat:
+    def __init__(self, agent: OpenAIAgent, system: str, brief: str) -> None:
+        self.agent = agent
+        self.tools = [{"type": "function", "function": {"name": n, "description": d, "parameters": s}}
+                      for n, d, s in toolloop.tool_specs()]
+        self.messages: list[dict] = [{"role": "system", "content": system}, {"role": "user", "content": brief}]
+        # OpenAI's own newer models refuse `max_tokens`; compatible servers mostly know only that name.
+        self.cap = "max_tokens" if agent.base else "max_completion_tokens"
+
+    def send(self) -> Turn:
+        a = self.agent
+        try:
+            done = a.client.chat.completions.create(model=a.model, messages=self.messages, tools=self.tools,
+                                                    **{self.cap: a.cfg.agent.reply_tokens})
+        except a.sdk.APIError as e:
+            raise AgentFailed(f"openai API error: {_short(e)}") from None
+        if not done.choices:
+            raise AgentFailed("the model sent a reply with no choices")
+        msg = done.choices[0].message
+        calls = [ToolCall(tc.id, tc.function.name, toolloop.parse_args(tc.function.arguments))
+                 for tc in (msg.tool_calls or []) if getattr(tc, "function", None)]
+        entry: dict[str, Any] = {"role": "assistant", "content": msg.content or ""}
+        if msg.tool_calls:
+            entry["tool_calls"] = [{"id": tc.id, "type": "function",
+                                    "function": {"name": tc.function.name, "arguments": tc.function.arguments}}
+                                   for tc in msg.tool_calls if getattr(tc, "function", None)]
+        self.messages.append(entry)
+        u = done.usage
+        details = getattr(u, "prompt_tokens_details", None) if u else None
+        usage = Usage(tokens_in=u.prompt_tokens if u else 0, tokens_out=u.completion_tokens if u else 0,
+                      cache_read=(getattr(details, "cached_tokens", 0) or 0) if details else 0)
+        return Turn(msg.content or "", calls, usage)
+
+    def results(self, results: list[tuple[ToolCall, str, bool]]) -> None:
+        self.messages += [{"role": "tool", "tool_call_id": c.id, "content": out} for c, out, _ in results]
+
+    def say(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+
+def _short(e: Exception) -> str:
+    status = getattr(e, "status_code", None)
+    text = " ".join(str(e).split())[:200]
+    return f"{status}: {text}" if status else text

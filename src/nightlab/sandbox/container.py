@@ -1,0 +1,148 @@
+"""The docker and podman backends: the same mounts and limits as bwrap, enforced by a container engine.
+
+The image must hold the project's Python environment (`[sandbox] image`): the host's interpreter is not
+mounted, because an image's libc need not match it. `python` at the start of a command is the image's.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from nightlab.errors import UsageError
+from nightlab.sandbox import SHELL_SYNTAX, run_env
+from nightlab.sandbox.capture import DirWatch, LogCapture, sanitize
+from nightlab.types import RunResult, RunSpec
+
+MB = 1 << 20
+
+
+def container_argv(engine: str, spec: RunSpec, name: str, uid: int | None = None, gid: int | None = None) -> list[str]:
+    """`docker run …` / `podman run …` for `spec`: no network, read-only root, no capabilities, limits, mounts."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    a = [engine, "run", "--name", name, "--network", "none", "--read-only", "--cap-drop", "ALL",
+         "--security-opt", "no-new-privileges", "--user", f"{uid}:{gid}", "--init",
+         "--tmpfs", "/tmp:rw,exec", "--workdir", str(spec.cwd)]
+    if spec.memory_gb:
+        size = f"{int(spec.memory_gb * 1024)}m"
+        a += ["--memory", size, "--memory-swap", size]
+    if spec.max_pids:
+        a += ["--pids-limit", str(spec.max_pids)]
+    a += _gpu_flags(engine, spec.gpus)
+    readonly = [Path(os.path.realpath(p)) for p in [*spec.readonly, spec.cwd]]
+    for p in dict.fromkeys(readonly):
+        a += ["--volume", f"{p}:{p}:ro"]
+    for p in spec.masked:  # the test split, where cwd or a data mount would show it
+        if Path(p).exists() and any(q == Path(p) or q in Path(p).parents for q in readonly):
+            a += ["--tmpfs", f"{p}:ro"] if Path(p).is_dir() else ["--volume", f"/dev/null:{p}:ro"]
+    run_dir = Path(os.path.realpath(spec.run_dir))
+    a += ["--volume", f"{run_dir}:{run_dir}:rw", "--volume", f"{run_dir / spec.log_name}:{run_dir / spec.log_name}:ro"]
+    for key, value in run_env(spec).items():
+        if key != "PATH":  # the image's own PATH finds its python
+            a += ["--env", f"{key}={value}"]
+    command = spec.command
+    inner = ["/bin/sh", "-c", command] if not SHELL_SYNTAX.isdisjoint(command) else shlex.split(command)
+    return a + [spec.image, *inner]
+
+
+def _gpu_flags(engine: str, gpus: str) -> list[str]:
+    want = gpus.strip().lower()
+    if want in ("", "none"):
+        return []
+    if engine == "podman":  # CDI device names, as the NVIDIA container toolkit generates them
+        ids = ["all"] if want == "all" else [i.strip() for i in want.split(",") if i.strip()]
+        return [x for i in ids for x in ("--device", f"nvidia.com/gpu={i}")]
+    return ["--gpus", "all" if want == "all" else f"device={want}"]
+
+
+class ContainerSandbox:
+    engine = "docker"
+
+    def __init__(self) -> None:
+        from nightlab.sandbox.probe import probe_engine
+
+        self.name = self.engine
+        ok, why = probe_engine(self.engine)
+        if not ok:
+            raise UsageError(f"sandbox {self.engine} does not work here: {why}")
+
+    def run(self, spec: RunSpec) -> RunResult:
+        if not spec.image:
+            raise UsageError(f"sandbox {self.engine}: set [sandbox] image to an image holding your Python environment")
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = spec.run_dir / spec.log_name
+        log_path.touch()
+        name = f"nightlab-{uuid.uuid4().hex[:12]}"
+        args = container_argv(self.engine, spec, name)
+        out_r, out_w = os.pipe()
+        start = time.monotonic()
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, start_new_session=True)
+        os.close(out_w)
+        capture = LogCapture(out_r, log_path, int(spec.max_log_mb * MB))
+        capture.start()
+        watch = DirWatch(spec.run_dir, int(spec.max_run_dir_mb * MB), lambda: None) if spec.max_run_dir_mb else None
+        if watch:
+            watch.start()
+        timed_out = too_big = False
+        try:
+            deadline = start + spec.timeout_s
+            while proc.poll() is None:
+                too_big = bool(watch and watch.exceeded)
+                if too_big or time.monotonic() >= deadline:
+                    timed_out = not too_big
+                    self._stop(proc, name, 0 if too_big else spec.grace_s)
+                    break
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                self._stop(proc, name, 0)
+            if watch:
+                watch.stop()
+        capture.join(10)
+        oom = self._engine("inspect", "--format", "{{.State.OOMKilled}}", name).strip() == "true"
+        self._engine("rm", "--force", name)
+        code = proc.returncode
+        removed = sanitize(spec.run_dir, reserved=("sandbox.json", "metrics.json"))
+        reason = (f"timed out after {spec.timeout_s:g}s" if timed_out else
+                  f"run directory exceeded {spec.max_run_dir_mb:g} MB" if too_big else
+                  "" if code == 0 else "out of memory" if oom else f"exit code {code}")
+        details = {"engine": self.engine, "image": spec.image, "argv": args, "network": "none", "oom_killed": oom,
+                   "log_bytes_dropped": capture.dropped, "removed_from_run_dir": removed,
+                   "limits": {"memory_gb": spec.memory_gb, "max_pids": spec.max_pids or None,
+                              "max_log_mb": spec.max_log_mb or None, "max_run_dir_mb": spec.max_run_dir_mb or None}}
+        return RunResult(exit_code=code, seconds=time.monotonic() - start, timed_out=timed_out, log_path=log_path,
+                         reason=reason, details=details)
+
+    def _engine(self, *args: str) -> str:
+        try:
+            return subprocess.run([self.engine, *args], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    def _stop(self, proc: subprocess.Popen, name: str, grace_s: float) -> None:
+        """SIGTERM to the container (its init forwards it to the whole tree), a grace period, then SIGKILL."""
+        self._engine("kill", "--signal", "TERM", name)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        self._engine("kill", "--signal", "KILL", name)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+class DockerSandbox(ContainerSandbox):
+    engine = "docker"
+
+
+class PodmanSandbox(ContainerSandbox):
+    engine = "podman"

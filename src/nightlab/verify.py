@@ -1,0 +1,250 @@
+"""`nightlab verify`: re-measure the best and the baseline on fresh seeds, ablate kept changes, test split.
+
+Every measurement runs in the tag's worktree (the branch follows each reset) and the worktree is put
+back at the best commit afterwards, whatever happens. The test split is linked into the worktree only
+for the test runs and removed right after them. Results go into the ledger's `verify` table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from nightlab import project
+from nightlab.config import Config
+from nightlab.errors import NightlabError, TrialFailed, UsageError
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.loop import measure
+from nightlab.sandbox import Sandbox, load_sandbox, passthrough
+from nightlab.sandbox.options import spec_fields
+from nightlab.stats import Comparison, compare
+from nightlab.types import RunSpec, Status
+from nightlab.workspace import Workspace, git
+
+# Far above the loop's seeds (0..k-1 for the baseline, 1000n+k for trial n): verify's runs are fresh.
+VERIFY_SEED = 1_000_000_000
+COLUMNS = ("run", "kind", "label", "trial", "commit_sha", "seeds", "final", "reference_runs", "runs",
+           "n_ref", "n", "reference", "value", "effect", "ci_low", "ci_high", "p_value", "cohens_d",
+           "note", "created")
+
+
+@dataclass
+class Options:
+    seeds: int = 5
+    ablate: bool = False
+    test: bool = False
+    final: bool = False
+
+
+@dataclass
+class Row:
+    """One comparison: `runs` against `reference_runs` (effect > 0: `runs` are better)."""
+
+    kind: str  # "val", "ablate" or "test"
+    label: str
+    trial: int
+    commit_sha: str
+    reference_runs: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+    result: Comparison | None = None
+
+
+def metric_on_test(cfg: Config) -> str:
+    """What a test run reports: `val_loss` → `test_loss`; a name without a `val` prefix stays as it is."""
+    name = cfg.metric.name
+    return "test" + name[3:] if name.startswith("val") else name
+
+
+class Verifier:
+    def __init__(self, cfg: Config, tag: str, ledger: Ledger, opts: Options, say: Callable[[str], None]) -> None:
+        self.cfg, self.tag, self.ledger, self.opts, self.say = cfg, tag, ledger, opts, say
+        self.state = project.state_dir(cfg, tag)
+        self.trials = ledger.trials()
+        self.base = next((t for t in self.trials if t.n == 0 and t.status == Status.BASELINE), None)
+        kept = [t for t in self.trials if t.status == Status.KEEP]
+        if self.base is None:
+            raise UsageError(f"tag {tag!r} has no finished baseline yet; nothing to verify")
+        if not kept:
+            raise UsageError(f"tag {tag!r} has kept nothing yet (the best is the baseline); nothing to verify")
+        self.kept, self.best = kept, kept[-1]
+        self.number = (ledger.db.execute("SELECT MAX(run) FROM verify").fetchone()[0] or 0) + 1
+        self.seeds = [VERIFY_SEED + 1000 * self.number + i for i in range(opts.seeds)]
+        self.env = passthrough(cfg.run.env, str(cfg.path))
+        self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
+        self.ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
+        self.visible = project.visible_data(cfg)
+
+    def run(self) -> list[Row]:
+        self.ws.open(fresh=False)
+        self.ws.link_data(self.visible)
+        rows: list[Row] = []
+        try:
+            base_runs, best_runs, note = self._pair("val", self.cfg, {})
+            rows.append(self._row("val", f"{self.cfg.metric.name}: best vs baseline", self.best, base_runs, best_runs,
+                                  note))
+            if self.opts.ablate:
+                rows += [self._ablate(t, best_runs) for t in self.kept]
+            if self.opts.test:
+                rows.append(self._test())
+        finally:
+            self.ws.reset(self.best.commit_sha)
+        self._store(rows)
+        return rows
+
+    # -- measurements ------------------------------------------------------------------------------
+    def _measure(self, what: str, trial: TrialRecord, cfg: Config, env: dict[str, str],
+                 patch: str = "", data: list[str] | None = None) -> list[float]:
+        """The primary value of `trial`'s commit (minus `patch`, reversed) on every verify seed."""
+        values = []
+        for i, seed in enumerate(self.seeds):
+            self.ws.reset(trial.commit_sha)
+            if patch:
+                self._unapply(patch)
+            self.say(f"{what}: seed {i + 1}/{len(self.seeds)}")
+            run_dir = self.state / "verify" / str(self.number) / what / f"seed-{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec = RunSpec(command=cfg.run.command, cwd=self.ws.dir, run_dir=run_dir, budget_s=cfg.run.budget_s,
+                           timeout_s=cfg.run.timeout_s, seed=seed, trial=trial.n, env=self.env | env,
+                           grace_s=cfg.run.grace_s, **self._isolation(env.get("NIGHTLAB_SPLIT") == "test"))
+            values.append(measure(cfg, self.sandbox, spec, [], data=data)[cfg.metric.name])
+        return values
+
+    def _isolation(self, test: bool) -> dict:
+        """What an isolating sandbox shows the run: as for trials, plus the test split for the test runs only."""
+        fields = spec_fields(self.cfg, self.ws.dir)
+        if test:
+            shown = [Path(p) if Path(p).is_absolute() else self.cfg.root / p for p in self.cfg.data.test]
+            fields["readonly"] = fields["readonly"] + [p.resolve() for p in shown if p.exists()]
+            opened = {*shown, *(self.ws.dir / p for p in self.cfg.data.test)}
+            fields["masked"] = [m for m in fields["masked"] if m not in opened]
+        return fields
+
+    def _pair(self, kind: str, cfg: Config, env: dict[str, str],
+              data: list[str] | None = None) -> tuple[list[float], list[float], str]:
+        prefix = "" if kind == "val" else f"{kind}-"
+        try:
+            base = self._measure(f"{prefix}baseline", self.base, cfg, env, data=data)
+            best = self._measure(f"{prefix}best", self.best, cfg, env, data=data)
+        except TrialFailed as e:
+            return [], [], f"a run failed ({e.status}: {e}); see {self.state / 'verify' / str(self.number)}"
+        return base, best, ""
+
+    def _ablate(self, kept: TrialRecord, best_runs: list[float]) -> Row:
+        """The best without one kept change: how much worse it gets is what that change contributes."""
+        label = f"without trial {kept.n}: {kept.description}"[:80]
+        if kept.n == self.best.n and len(self.kept) == 1:
+            return self._row("ablate", label, kept, [], [], "the only kept change: see best vs baseline")
+        parent = git("rev-parse", f"{kept.commit_sha}^", cwd=self.ws.dir)
+        self.ws.reset(self.best.commit_sha)
+        # Without context lines first: a later change on a neighbouring line must not block taking this one out.
+        for context in ("-U0", "-U3"):
+            patch = git("diff", context, parent, kept.commit_sha, "--", *self.cfg.project.editable, cwd=self.ws.dir)
+            if not patch.strip():
+                return self._row("ablate", label, kept, [], [], "changed no editable file")
+            if self._unapply(patch, check=True):
+                break
+        else:
+            return self._row("ablate", label, kept, [], [], "cannot be taken out cleanly (later changes overlap)")
+        try:
+            without = self._measure(f"without-trial-{kept.n}", self.best, self.cfg, {}, patch=patch)
+        except TrialFailed as e:
+            return self._row("ablate", label, kept, [], [], f"without it a run fails ({e.status}: {e})")
+        return self._row("ablate", label, kept, without, best_runs, "")
+
+    def _unapply(self, patch: str, check: bool = False) -> bool:
+        """Take `patch` out of the worktree; with check=True only say whether that would work."""
+        cmd = ["git", "apply", "-R", "--unidiff-zero", "--whitespace=nowarn", *(["--check"] if check else []), "-"]
+        proc = subprocess.run(cmd, input=patch + "\n", text=True, capture_output=True, cwd=self.ws.tree)
+        if proc.returncode != 0 and not check:
+            raise NightlabError(f"git apply -R failed in {self.ws.tree}: {proc.stderr.strip()}")
+        return proc.returncode == 0
+
+    def _test(self) -> Row:
+        """Baseline and best on the test split; the test paths exist in the worktree only meanwhile."""
+        cfg = self.cfg.model_copy(deep=True)
+        cfg.metric.name = metric_on_test(self.cfg)
+        cfg.metric.evaluate = self.cfg.metric.test_command or self.cfg.metric.evaluate
+        env = {"NIGHTLAB_SPLIT": "test"} | ({"NIGHTLAB_FINAL": "1"} if self.opts.final else {})
+        test = [p for p in self.cfg.data.test if not Path(p).is_absolute()]
+        linked = [p for p in test if not (self.ws.dir / p).exists() and not (self.ws.dir / p).is_symlink()]
+        self.ws.link_data(self.visible + linked)
+        try:
+            base, best, note = self._pair("test", cfg, env, data=self.visible + self.cfg.data.test)
+        finally:
+            for p in linked:
+                if (self.ws.dir / p).is_symlink():
+                    (self.ws.dir / p).unlink()
+            self.ws.link_data(self.visible)
+        label = f"{cfg.metric.name}: best vs baseline" + (" (retrained on train+val)" if self.opts.final else "")
+        return self._row("test", label, self.best, base, best, note)
+
+    def _row(self, kind: str, label: str, trial: TrialRecord, ref: list[float], runs: list[float], note: str) -> Row:
+        result = compare(self.cfg.primary, ref, runs) if ref and runs else None
+        return Row(kind, label, trial.n, trial.commit_sha, ref, runs, note, result)
+
+    # -- the ledger ------------------------------------------------------------------------------
+    def _store(self, rows: list[Row]) -> None:
+        now = time.time()
+        records = []
+        for r in rows:
+            c = r.result.as_dict() if r.result else {f.name: None for f in fields(Comparison)}
+            records.append({"run": self.number, "kind": r.kind, "label": r.label, "trial": r.trial,
+                            "commit_sha": r.commit_sha, "seeds": json.dumps(self.seeds), "final": int(self.opts.final),
+                            "reference_runs": json.dumps(r.reference_runs), "runs": json.dumps(r.runs), **c,
+                            "note": r.note, "created": now})
+        with self.ledger.db:
+            self.ledger.db.executemany(
+                f"INSERT OR REPLACE INTO verify ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [[rec[k] for k in COLUMNS] for rec in records])
+
+
+def latest(ledger: Ledger) -> list[dict] | None:
+    """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
+    cur = ledger.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
+    names = [c[0] for c in cur.description]
+    rows = [dict(zip(names, values)) for values in cur]
+    for r in rows:
+        for k in ("seeds", "reference_runs", "runs"):
+            r[k] = json.loads(r[k]) if r[k] else []
+        r["final"] = bool(r["final"])
+    return rows or None
+
+
+def _pm(runs: list[float], mean: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4g} ± {statistics.stdev(runs):.2g}" if len(runs) >= 2 else f"{mean:.4g}"
+
+
+def _effect(r: dict) -> str:
+    if r["effect"] is None:
+        return f"[yellow]{escape(r['note'])}[/]"
+    ci = f" [{r['ci_low']:+.2g}, {r['ci_high']:+.2g}]" if r["ci_low"] is not None else ""
+    style = "green" if r["ci_low"] is not None and r["ci_low"] > 0 else "yellow"
+    return f"[{style}]{r['effect']:+.3g}[/]{escape(ci)}" + (f" [yellow]{escape(r['note'])}[/]" if r["note"] else "")
+
+
+def table(rows: list[dict], metric_name: str, title: str = "") -> Table:
+    """One table: each check's two sides, the effect (positive = better) with its 95% CI, the p-value."""
+    t = Table(title=title or None, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("check", ratio=3, overflow="fold")
+    t.add_column("n", justify="right")
+    t.add_column("baseline\nor without", justify="right", no_wrap=True)
+    t.add_column("best", justify="right", no_wrap=True)
+    t.add_column("effect [95% CI]", ratio=3, overflow="fold")
+    t.add_column("p", justify="right", no_wrap=True)
+    for r in rows:
+        p = "—" if r["p_value"] is None else ("<0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}")
+        t.add_row(escape(r["label"]), str(len(r["runs"]) or "—"), _pm(r["reference_runs"], r["reference"]),
+                  _pm(r["runs"], r["value"]), _effect(r), p)
+    return t

@@ -1,0 +1,108 @@
+"""The torch examples (examples/tinylm): the shipped corpus, the deterministic split, and real trials.
+
+The fast tests check the corpus file and the data preparation byte for byte. The slow ones copy
+the example with `nightlab init --example`, prepare it, and train the real model through the
+CLI at a budget of a few seconds (`nightlab trial`, then a baseline and one optuna trial).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nlkit import CLI, ROOT, git, isolated_env
+
+TINYLM = ROOT / "examples" / "tinylm"
+CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"  # as build_corpus.py printed it
+CORPUS_TEXT_BYTES = 6_623_170
+SPLIT_SHA256 = {
+    "train": "085daddf4efd5590d7e0ad879afc454c14d07fe9c6c782541f240f8255f0632f",
+    "val": "6b24dd5f8d1504bcda7d217b008d14a8952d10ff0ce0407811a32d842ee5f830",
+    "test": "4ceecce1f07d451f219a84fff1799a369c9e7dd5bddbd4a7df90ae6b46c16c28",
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tinylm_corpus_is_intact_and_small() -> None:
+    corpus = TINYLM / "corpus.txt.xz"
+    assert corpus.stat().st_size <= 5 * 1024 * 1024
+    assert sha256(corpus) == CORPUS_SHA256
+    assert f'CORPUS_SHA256 = "{CORPUS_SHA256}"' in (TINYLM / "prepare.py").read_text()
+    text = lzma.decompress(corpus.read_bytes())
+    assert len(text) == CORPUS_TEXT_BYTES
+    decoded = text.decode("utf-8")  # valid UTF-8 throughout
+    for marker in ("In the beginning God created the heaven and the earth.", "The Jargon File",
+                   "THE DEVIL'S DICTIONARY"):
+        assert marker in decoded
+
+
+def test_tinylm_prepare_is_deterministic_and_refuses_a_changed_corpus(tmp_path: Path) -> None:
+    for name in ("prepare.py", "corpus.txt.xz"):
+        (tmp_path / name).write_bytes((TINYLM / name).read_bytes())
+    proc = subprocess.run([sys.executable, "prepare.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert {name: sha256(tmp_path / "data" / f"{name}.bin") for name in SPLIT_SHA256} == SPLIT_SHA256
+    sizes = {name: (tmp_path / "data" / f"{name}.bin").stat().st_size for name in SPLIT_SHA256}
+    assert sum(sizes.values()) == CORPUS_TEXT_BYTES and sizes["val"] > 128 * 1024 + 256 and sizes["test"] > 128 * 1024 + 256
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "prepare.py").write_bytes((TINYLM / "prepare.py").read_bytes())
+    blob = bytearray((TINYLM / "corpus.txt.xz").read_bytes())
+    blob[1000] ^= 1
+    (corrupt / "corpus.txt.xz").write_bytes(bytes(blob))
+    proc = subprocess.run([sys.executable, "prepare.py"], cwd=corrupt, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "sha256" in proc.stderr and not (corrupt / "data").exists()
+
+
+def test_nightlab_never_imports_torch() -> None:
+    code = ("import sys, nightlab.cli, nightlab.session, nightlab.loop, nightlab.agents.optuna; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_tinylm_trains_through_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    env = isolated_env(tmp_path / "home") | {"COLUMNS": "200"}
+    dest = tmp_path / "tinylm"
+
+    def nl(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*CLI, *args], cwd=dest if dest.exists() else tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"nightlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    nl("init", str(dest), "--example", "tinylm")
+    toml = (dest / "nightlab.toml").read_text()
+    for old, new in [("budget_s = 60", "budget_s = 6"), ("noise_runs = 3", "noise_runs = 1")]:
+        assert old in toml
+        toml = toml.replace(old, new)
+    (dest / "nightlab.toml").write_text(toml)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a quick config", cwd=dest, env=env)
+    nl("prepare")
+    assert {name: sha256(dest / "data" / f"{name}.bin") for name in SPLIT_SHA256} == SPLIT_SHA256
+
+    out = nl("trial").stdout
+    assert "val_bpb" in out and "num_steps" in out
+
+    nl("run", "--tag", "t", "--max-trials", "1", "--budget", "5")
+    log = json.loads(nl("log", "--tag", "t", "--json").stdout)
+    assert [t["n"] for t in log] == [0, 1]
+    base = log[0]
+    assert base["status"] == "baseline"
+    # a few seconds of training: far from converged, but a real, finite bits-per-byte below uniform (8 bits)
+    assert 2.0 < base["metric"] < 8.0
+    assert base["metrics"]["num_steps"] >= 1 and base["metrics"]["num_params_M"] > 0.5
+    assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
+    assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
