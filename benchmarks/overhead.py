@@ -1,7 +1,7 @@
 """Harness overhead per trial: trial wall time minus the run's own time.
 
 A no-op train.py, the scripted agent, the process sandbox; N trials (default 50). Prints the median
-and spread in milliseconds. Usage: python benchmarks/overhead.py [N]
+and spread in milliseconds. Usage: python benchmarks/overhead.py [N] [SANDBOX]   (SANDBOX: auto (default), bwrap, process)
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def make_project(root: Path, n: int) -> None:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    backend = sys.argv[2] if len(sys.argv) > 2 else "auto"
     logging.disable(logging.WARNING)  # the process sandbox warns on every run
     started: dict[int, float] = {}
     overhead: list[float] = []
@@ -62,10 +63,11 @@ def main() -> None:
         root = Path(tmp)
         make_project(root, n)
         cfg = config.load(root / "nightlab.toml")
+        cfg.sandbox.backend = backend
         run_session(cfg, "bench", n, None, notify)
     ms = sorted(1000 * o for o in overhead)
     q = statistics.quantiles(ms, n=10)
-    print(f"harness overhead per trial over {len(ms)} trials (no-op train.py, scripted agent, process sandbox)")
+    print(f"harness overhead per trial over {len(ms)} trials (no-op train.py, scripted agent, sandbox {backend})")
     print(f"  median {statistics.median(ms):.1f} ms   p10 {q[0]:.1f} ms   p90 {q[-1]:.1f} ms   max {ms[-1]:.1f} ms")
 
 

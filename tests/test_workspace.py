@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import Scenario
 
 from nlkit import PREPARE, PROGRAM, TRAIN, Project, commit_message, idea, make_project, one_line_error, sub

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-EXTRAS = {"optuna": "optuna", "anthropic": "anthropic", "openai": "openai", "ray": "ray", "report": "matplotlib",
+EXTRAS = {"optuna": "optuna", "anthropic": "anthropic", "openai": "openai", "report": "matplotlib",
           "mlflow": "mlflow"}
 
 

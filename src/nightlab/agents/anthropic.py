@@ -17,13 +17,12 @@ from nightlab.agents.prices import Usage
 from nightlab.agents.toolloop import ToolCall, Turn
 from nightlab.config import Config
 from nightlab.errors import AgentFailed, UsageError
-from nightlab.types import Brief, Proposal, Status
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 CACHED = {"type": "ephemeral"}
 
 
-class AnthropicAgent:
+class AnthropicAgent(toolloop.ToolLoopAgent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg = config
         self.sdk: Any = require("anthropic", "anthropic")
@@ -38,13 +37,9 @@ class AnthropicAgent:
                                          base_url=base, max_retries=config.agent.max_retries,
                                          timeout=config.agent.timeout_s)
 
-    def propose(self, workspace: Path, brief: Brief) -> Proposal:
-        tools = toolloop.FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
-        chat = _Chat(self, toolloop.system_prompt(self.cfg), brief.text)
-        return toolloop.run(chat, tools, self.cfg, self.model, brief)
-
-    def observe(self, trial: int, status: Status, metric: float | None) -> None:
-        """Each trial starts a fresh conversation: the brief and the scratchpad carry the memory."""
+    @property
+    def chat_class(self) -> type:
+        return _Chat
 
 
 class _Chat:

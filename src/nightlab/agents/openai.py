@@ -19,12 +19,11 @@ from nightlab.agents.prices import Usage
 from nightlab.agents.toolloop import ToolCall, Turn
 from nightlab.config import Config
 from nightlab.errors import AgentFailed, UsageError
-from nightlab.types import Brief, Proposal, Status
 
 DEFAULT_MODEL = "gpt-5"
 
 
-class OpenAIAgent:
+class OpenAIAgent(toolloop.ToolLoopAgent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg = config
         self.sdk: Any = require("openai", "openai")
@@ -37,13 +36,9 @@ class OpenAIAgent:
         self.client = self.sdk.OpenAI(api_key=key or "local", base_url=self.base,
                                       max_retries=config.agent.max_retries, timeout=config.agent.timeout_s)
 
-    def propose(self, workspace: Path, brief: Brief) -> Proposal:
-        tools = toolloop.FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
-        chat = _Chat(self, toolloop.system_prompt(self.cfg), brief.text)
-        return toolloop.run(chat, tools, self.cfg, self.model, brief)
-
-    def observe(self, trial: int, status: Status, metric: float | None) -> None:
-        """Each trial starts a fresh conversation: the brief and the scratchpad carry the memory."""
+    @property
+    def chat_class(self) -> type:
+        return _Chat
 
 
 class _Chat:

@@ -178,6 +178,25 @@ def parse_args(raw: str | dict | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class ToolLoopAgent:
+    """What the API agents share: one fresh conversation per trial over the file tools.
+
+    Subclasses set `cfg`, `model` and `chat_class` (a `Chat` built from the agent, the system prompt and the brief).
+    """
+
+    cfg: Config
+    model: str
+    chat_class: type
+
+    def propose(self, workspace: Path, brief: Brief) -> Proposal:
+        tools = FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
+        chat = self.chat_class(self, system_prompt(self.cfg), brief.text)
+        return run(chat, tools, self.cfg, self.model, brief)
+
+    def observe(self, trial: int, status: object, metric: float | None) -> None:
+        """Nothing to learn between trials: the brief and the scratchpad carry the memory."""
+
+
 def system_prompt(cfg: Config) -> str:
     return SYSTEM.format(allowed=", ".join([*cfg.project.editable, cfg.project.scratchpad]))
 
