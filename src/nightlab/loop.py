@@ -237,25 +237,31 @@ def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float],
     before, data_before = checksums(spec.cwd, cfg.project.protected), data_fingerprints(spec.cwd, data)
     result = _logged_run(sandbox, spec)
     seconds.append(result.seconds)
+    measured = spec
     if cfg.metric.evaluate:
-        # Training only writes artifacts; what it printed or wrote as metrics does not count.
-        metrics.read_exit(result)
-        for name in ("metrics.json", "evaluate.log", "sandbox-evaluate.json"):  # whatever training left there
-            clear(spec.run_dir / name)
-        # NIGHTLAB_TRAIN_DIR: where the training run left its artifacts (today the same directory)
-        spec = replace(spec, command=cfg.metric.evaluate, log_name="evaluate.log",
-                       env={**spec.env, "NIGHTLAB_TRAIN_DIR": str(spec.run_dir)})
-        result = _logged_run(sandbox, spec)
+        metrics.read_exit(result)  # training only writes artifacts; what it printed or wrote does not count
+        measured = _evaluator_spec(cfg, spec)
+        result = _logged_run(sandbox, measured)
         seconds.append(result.seconds)
     if bad := changed(before, checksums(spec.cwd, cfg.project.protected)):
         raise TrialInvalid(f"protected file changed during the run: {', '.join(bad)}")
     if bad := changed(data_before, data_fingerprints(spec.cwd, data)):
         raise TrialInvalid(f"data changed during the run: {', '.join(bad)}")
-    values = metrics.read(result, spec.run_dir, cfg.metric.name, stdout=not cfg.metric.evaluate)
-    if not (spec.run_dir / "metrics.json").is_file():
-        _write_json(spec.run_dir / "metrics.json", values)
+    values = metrics.read(result, measured.run_dir, cfg.metric.name, stdout=not cfg.metric.evaluate)
+    if measured is not spec or not (spec.run_dir / "metrics.json").is_file():
+        _write_json(spec.run_dir / "metrics.json", values)  # the run directory records what counted
     metrics.check_constraints(values, cfg.metric.constraints)
     return values
+
+
+def _evaluator_spec(cfg: Config, train: RunSpec) -> RunSpec:
+    """The trusted evaluator: a fresh run with a directory of its own; the training outputs are read-only to it."""
+    eval_dir = train.run_dir / "evaluate"
+    clear(eval_dir)  # whatever training left under that name
+    eval_dir.mkdir()
+    return replace(train, command=cfg.metric.evaluate, run_dir=eval_dir, log_name="evaluate.log",
+                   readonly=[*train.readonly, train.run_dir],
+                   env={**train.env, "NIGHTLAB_TRAIN_DIR": str(train.run_dir)})
 
 
 def _logged_run(sandbox: Sandbox, spec: RunSpec) -> RunResult:

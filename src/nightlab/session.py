@@ -60,5 +60,6 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
     try:
         return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds), "", sum(seconds), run_dir
     except TrialFailed as e:
-        log = run_dir / ("evaluate.log" if (run_dir / "evaluate.log").exists() else "run.log")
+        evaluated = run_dir / "evaluate" / "evaluate.log"
+        log = evaluated if evaluated.exists() else run_dir / "run.log"
         return metrics.from_log(log), f"{e.status}: {e}", sum(seconds), run_dir
