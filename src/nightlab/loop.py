@@ -84,7 +84,8 @@ class Loop:
         try:
             proposal = self.agent.propose(self.ws.dir, brief)
             (out / "agent.log").write_text(proposal.transcript)
-            rec.description, rec.hypothesis = proposal.description.strip().splitlines()[0][:200], proposal.hypothesis
+            first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
+            rec.description, rec.hypothesis = first[:400], proposal.hypothesis
             rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
             (out / "diff.patch").write_text(self.ws.diff())
             files = self.ws.verify_edits()
