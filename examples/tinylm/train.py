@@ -13,7 +13,7 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
     NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
     NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
-    NIGHTLAB_THREADS   torch threads (default: all cores, at most 4)
+    NIGHTLAB_THREADS   torch threads (default: half the cores, at least 1, at most 4)
 
 The last lines on stdout are the summary block that nightlab reads (`name: value`).
 """
@@ -42,19 +42,21 @@ from prepare import SEQ_LEN, VOCAB_SIZE, evaluate_bpb, load_split
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
 
-N_LAYER = 4               # transformer blocks
-N_EMBD = 128              # model width (power of two)
-N_HEAD = 4                # attention heads (power of two; the head size is N_EMBD // N_HEAD)
+N_LAYER = 6               # transformer blocks
+N_EMBD = 128              # model width (a multiple of head_dim below)
 MLP_RATIO = 4             # hidden width of the MLP, in multiples of N_EMBD
-BATCH_SIZE = 16           # sequences of SEQ_LEN bytes per optimizer step (power of two)
-LEARNING_RATE = 1e-3      # peak learning rate (AdamW)
-WARMUP_STEPS = 20         # linear warm-up from 0
+BATCH_SIZE = 16           # sequences of SEQ_LEN bytes per optimizer step
+LEARNING_RATE = 6e-4      # peak learning rate (AdamW; GPT-2's)
 WARMDOWN_RATIO = 0.3      # final fraction of training over which the LR decays linearly to 0
 WEIGHT_DECAY = 0.1        # decoupled weight decay on the matrices (not norms, not embeddings)
-BETA2 = 0.95              # AdamW's second-moment decay
-GRAD_CLIP = 1.0           # clip the gradient norm to this (0 = no clipping)
-INIT_STD = 0.02           # std of the initial weights
-ROPE_BASE = 10000.0       # rotary embedding base
+
+# Secondary settings: plain variables, so the optuna agent leaves them alone (edit them freely)
+head_dim = 32             # channels per attention head
+warmup_steps = 20         # linear warm-up of the learning rate from 0
+beta2 = 0.95              # AdamW's second-moment decay
+grad_clip = 1.0           # clip the gradient norm to this (0 = no clipping)
+init_std = 0.02           # std of the initial weights
+rope_base = 10000.0       # rotary embedding base
 
 # ---------------------------------------------------------------------------
 # Setup
@@ -62,7 +64,9 @@ ROPE_BASE = 10000.0       # rotary embedding base
 seed = int(os.environ.get("NIGHTLAB_SEED", "0"))
 budget_s = float(os.environ.get("NIGHTLAB_BUDGET_S", "60"))
 split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate_bpb() scores at the end
-threads = int(os.environ.get("NIGHTLAB_THREADS", "0")) or min(4, os.cpu_count() or 1)
+# Half the cores (at most 4): on a 2-core machine one thread, which keeps a whole core even when
+# something else runs, so wall-clock-budgeted results stay comparable (see README.md).
+threads = int(os.environ.get("NIGHTLAB_THREADS", "0")) or max(1, min(4, (os.cpu_count() or 2) // 2))
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
 rng = np.random.default_rng(seed)
@@ -129,15 +133,15 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self):
         super().__init__()
-        n_head = max(1, min(N_HEAD, N_EMBD // 2))  # at least 2 channels per head (rotary pairs)
+        n_head = max(1, N_EMBD // head_dim)
         self.wte = nn.Embedding(VOCAB_SIZE, N_EMBD)
         self.blocks = nn.ModuleList(Block(N_EMBD, n_head, MLP_RATIO) for _ in range(N_LAYER))
         self.head = nn.Linear(N_EMBD, VOCAB_SIZE, bias=False)
-        cos, sin = rotary_tables(N_EMBD // n_head, SEQ_LEN, ROPE_BASE)
+        cos, sin = rotary_tables(N_EMBD // n_head, SEQ_LEN, rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         for p in self.parameters():
-            torch.nn.init.normal_(p, std=INIT_STD)
+            torch.nn.init.normal_(p, std=init_std)
 
     def forward(self, idx):
         T = idx.size(1)
@@ -158,12 +162,12 @@ decay = [p for p in model.parameters() if p.dim() == 2 and p is not model.wte.we
 no_decay = [p for p in model.parameters() if not (p.dim() == 2 and p is not model.wte.weight)]
 optimizer = torch.optim.AdamW(
     [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-    lr=LEARNING_RATE, betas=(0.9, BETA2), eps=1e-8, foreach=True)
+    lr=LEARNING_RATE, betas=(0.9, beta2), eps=1e-8, foreach=True)
 
 
 def lr_at(step, progress):
     """The learning rate after `step` steps, `progress` (0..1) of the way through the budget."""
-    warmup = min(1.0, (step + 1) / max(1, WARMUP_STEPS))
+    warmup = min(1.0, (step + 1) / max(1, warmup_steps))
     warmdown = min(max(WARMDOWN_RATIO, 1e-9), 1.0)
     return LEARNING_RATE * warmup * min(1.0, max(0.0, 1.0 - progress) / warmdown)
 
@@ -195,8 +199,8 @@ while True:
     loss = F.cross_entropy(model(x).reshape(-1, VOCAB_SIZE), y.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if GRAD_CLIP > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     loss_value = loss.item()
     if not math.isfinite(loss_value):
