@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,16 @@ class ProjectConfig(Section):
     protected: list[str] = ["prepare.py"]
     program: str = "program.md"
     scratchpad: str = "scratchpad.md"
+
+    @field_validator("editable", "scratchpad")
+    @classmethod
+    def _project_relative(cls, v: list[str] | str) -> list[str] | str:
+        """Normalized, so `./train.py` matches the `train.py` git reports as changed."""
+        def norm(p: str) -> str:
+            if not p or Path(p).is_absolute():
+                raise ValueError(f"{p!r} must be a path relative to the project directory")
+            return Path(os.path.normpath(p)).as_posix()
+        return [norm(p) for p in v] if isinstance(v, list) else norm(v)
 
 
 class RunConfig(Section):
@@ -183,8 +194,10 @@ def load(path: Path | None = None) -> Config:
         raise UsageError(f"{path}: config file not found")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:

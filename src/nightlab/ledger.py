@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from nightlab.errors import UsageError
+from nightlab.errors import NightlabError, UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,9 +70,13 @@ class Ledger:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise NightlabError(f"{path}: not a readable nightlab ledger ({e})") from None
 
     def close(self) -> None:
         self.db.close()
@@ -96,6 +100,9 @@ class Ledger:
         if stored is None:
             self.set_meta(identity=identity)
             return
+        if missing := {k: v for k, v in identity.items() if k not in stored}:  # a tag from before the key existed
+            self.set_meta(identity=stored | missing)
+            stored = stored | missing
         for key, value in identity.items():
             if stored.get(key) != value:
                 raise UsageError(f"{source}: {key} changed since this tag started ({stored.get(key)!r} → {value!r}); "

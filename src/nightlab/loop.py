@@ -182,6 +182,11 @@ class Loop:
     # -- state -----------------------------------------------------------------------------------
     def recover(self) -> None:
         """Resume after a crash: a trial in flight is run again (counted once); an unfinished proposal is redone."""
+        done = [t for t in self.ledger.trials() if t.status != RUNNING]
+        # A kill between the ledger save and observe() kept that outcome from the agent (observe is idempotent);
+        # so did a tag started with another agent, for the baseline.
+        for rec in {t.n: t for t in done[:1] + done[-1:]}.values():
+            self.agent.observe(rec.n, Status(rec.status), rec.metric)
         for rec in self.ledger.trials():
             if rec.status != RUNNING:
                 continue
@@ -218,7 +223,7 @@ class Loop:
 
     def _scratchpad(self) -> str:
         path = self.ws.dir / self.cfg.project.scratchpad
-        return path.read_text() if path.is_file() else ""
+        return path.read_text(errors="replace") if path.is_file() else ""
 
     def _failure_tail(self, trials: list[TrialRecord]) -> str:
         last = trials[-1] if trials else None

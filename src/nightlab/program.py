@@ -68,12 +68,13 @@ def current_phase(phases: list[Phase], trials: list[TrialRecord], cfg: Config) -
 
 def read_program(cfg: Config) -> tuple[str, list[Phase]]:
     path = cfg.root / cfg.project.program
-    return parse(path.read_text()) if path.is_file() else ("", [])
+    return parse(path.read_text(errors="replace")) if path.is_file() else ("", [])  # any encoding: it is prose
 
 
 def ensure_scratchpad(workdir: Path, name: str) -> None:
     path = workdir / name
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)  # e.g. scratchpad = "notes/scratchpad.md"
         path.write_text(SCRATCHPAD)
 
 

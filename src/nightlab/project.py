@@ -28,8 +28,10 @@ def latest_tag(cfg: Config) -> str:
 
 
 def check_tag(tag: str) -> str:
-    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith("."):
-        raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' or '.'")
+    bad_ref = ".." in tag or tag.endswith((".", ".lock"))  # git refuses these in a branch name
+    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith(".") or bad_ref:
+        raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' or '.' "
+                         "(not '..', nor a trailing '.' or '.lock')")
     return tag
 
 
@@ -51,7 +53,7 @@ def copy_example(name: str, dest: Path) -> None:
     src = examples_dir() / name
     if name not in example_names():
         raise UsageError(f"--example {name!r}: no such example (available: {', '.join(example_names())})")
-    if dest.exists() and any(dest.iterdir()):
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UsageError(f"{dest} is not empty; choose a new directory for the example")
     ignore = shutil.ignore_patterns("data", "__pycache__", ".nightlab", "*.pyc")
     shutil.copytree(src, dest, ignore=ignore, dirs_exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from nightlab import metrics, project
 from nightlab.agents import load_agent
 from nightlab.config import Config
-from nightlab.errors import TrialFailed
+from nightlab.errors import TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.loop import Limits, Loop, measure
 from nightlab.sandbox import load_sandbox, passthrough
@@ -19,8 +19,9 @@ from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
 def identity(cfg: Config) -> dict[str, object]:
-    """What a tag may not change between resumes."""
-    return {"metric": cfg.metric.name, "goal": cfg.metric.goal, "editable": sorted(cfg.project.editable)}
+    """What a tag may not change between resumes (a new budget would make every trial beat the old baseline)."""
+    return {"metric": cfg.metric.name, "goal": cfg.metric.goal, "editable": sorted(cfg.project.editable),
+            "budget_s": cfg.run.budget_s}
 
 
 def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
@@ -28,6 +29,9 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
     passthrough(cfg.run.env, str(cfg.path))  # refuse bad settings before anything is created
+    program = cfg.root / cfg.project.program
+    if "program" in cfg.project.model_fields_set and not program.is_file():  # named, so not optional: a typo
+        raise UsageError(f"{cfg.path}: project.program: {program} not found")
     sandbox = load_sandbox(cfg.sandbox.backend)
     agent = load_agent(cfg.agent.name, cfg, state)
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
@@ -35,6 +39,11 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     ws.link_data(project.visible_data(cfg))
     ledger = Ledger(state / "ledger.sqlite")
     try:
+        if not fresh and not ledger.trials():
+            # The baseline failed (it left no record), so nothing is lost by starting over from what the user
+            # has committed since (the fix its failure asked for), with the settings as they are now.
+            ws.restart()
+            ledger.set_meta(identity=identity(cfg))
         ledger.check_identity(identity(cfg), str(cfg.path))
         if fresh:
             ledger.set_meta(tag=tag, branch=ws.branch, started=time.time())

@@ -14,14 +14,18 @@ from nightlab.errors import EditRejected, NightlabError, UsageError
 # Used only when neither the repository nor the user names anyone, so commits never fail.
 IDENTITY = {"GIT_AUTHOR_NAME": "nightlab", "GIT_AUTHOR_EMAIL": "nightlab@localhost"}
 IDENTITY |= {"GIT_COMMITTER_NAME": "nightlab", "GIT_COMMITTER_EMAIL": "nightlab@localhost"}
+# The user's hooks (post-checkout, post-commit) are not for nightlab's own checkout and commits (as --no-verify).
+NO_HOOKS = "core.hooksPath=/dev/null"
 
 
 def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+    # core.quotePath=false: paths come back as written ("modèle.py"), not as octal escapes
+    proc = subprocess.run(["git", "-c", "core.quotePath=false", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0"})
     if check and proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
-        raise NightlabError(f"git {args[0]} failed in {cwd}: {said}")
+        command = next(a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c"))
+        raise NightlabError(f"git {command} failed in {cwd}: {said}")
     return proc.stdout.rstrip("\n")
 
 
@@ -103,14 +107,35 @@ class Workspace:
         exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
         if fresh:
             if exists:
-                raise UsageError(f"branch {self.branch} already exists; pick another --tag or resume it")
+                raise UsageError(f"branch {self.branch} already exists but tag {self.tag!r} has no ledger to resume; "
+                                 "pick another --tag, or delete the branch "
+                                 f"(git worktree prune; git branch -D {self.branch})")
             self._check_clean()
+            if git("rev-parse", "--verify", "--quiet", "refs/heads/nightlab", cwd=self.repo, check=False):
+                raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
             git("branch", self.branch, "HEAD", cwd=self.repo)
         elif not exists:
             raise UsageError(f"branch {self.branch} is missing; cannot resume tag {self.tag!r}")
-        if not (self.tree / ".git").exists():
-            git("worktree", "prune", cwd=self.repo)
-            git("worktree", "add", "--quiet", str(self.tree), self.branch, cwd=self.repo)
+        if (self.tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
+            git("worktree", "repair", str(self.tree), cwd=self.repo, check=False)
+        else:
+            try:
+                git("worktree", "prune", cwd=self.repo)
+                git("-c", NO_HOOKS, "worktree", "add", "--quiet", str(self.tree), self.branch,
+                    cwd=self.repo)
+            except BaseException:
+                if fresh:  # a half-made fresh tag would be refused forever ("branch already exists")
+                    git("worktree", "remove", "--force", str(self.tree), cwd=self.repo, check=False)
+                    git("worktree", "prune", cwd=self.repo, check=False)
+                    git("branch", "-D", self.branch, cwd=self.repo, check=False)
+                raise
+
+    def restart(self) -> None:
+        """Put the branch back at the user's HEAD (only for a tag with no trial: nothing is lost)."""
+        head = git("rev-parse", "HEAD", cwd=self.repo)
+        if head != self.head():
+            self._check_clean()
+            self.reset(head)
 
     def _check_clean(self) -> None:
         if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=self.repo, check=False):
@@ -120,7 +145,7 @@ class Workspace:
             files = ", ".join(dirty.splitlines()[:5])
             raise UsageError(f"the working tree has uncommitted changes ({files}); commit or stash them first")
         for f in self.editable:
-            if not git("ls-files", "--", f, cwd=self.root):
+            if not git("ls-files", "--", f, cwd=self.root, check=False):  # fails for a path outside the repo
                 raise UsageError(f"editable file {f} is not committed in the repository")
 
     def link_data(self, paths: list[str]) -> None:
@@ -129,6 +154,8 @@ class Workspace:
             if Path(rel).is_absolute():
                 continue
             src, dst = self.root / rel, self.dir / rel
+            if dst.is_symlink() and src.exists() and dst.resolve() != src.resolve():
+                dst.unlink()  # linked before the project directory moved
             if dst.is_symlink() or dst.exists() or not src.exists():
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +195,7 @@ class Workspace:
     def _restore(self, files: list[str]) -> None:
         tracked = set(self._git("ls-files", "--", *files).splitlines())
         if tracked:
-            self._git("checkout", "HEAD", "--", *sorted(tracked))
+            self._git("-c", NO_HOOKS, "checkout", "HEAD", "--", *sorted(tracked))
         for f in set(files) - tracked:
             p = self.dir / f
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
@@ -178,12 +205,12 @@ class Workspace:
 
     def commit(self, message: str, files: list[str]) -> str:
         self._git("add", "--", *files)
-        self._git("-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message)
+        self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--no-verify", "-m", message)
         return self.head()
 
     def amend(self, message: str) -> str:
-        self._git("-c", "commit.gpgsign=false", "commit", "--quiet", "--amend", "--no-verify", "--allow-empty",
-                  "-m", message)
+        self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--amend", "--no-verify",
+                  "--allow-empty", "-m", message)
         return self.head()
 
     def mark(self, n: int, commit: str) -> None:
