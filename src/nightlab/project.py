@@ -23,7 +23,10 @@ def state_dir(cfg: Config, tag: str) -> Path:
 
 def latest_tag(cfg: Config) -> str:
     """The most recently used tag, or `run` on a first run."""
-    ledgers = sorted((cfg.root / STATE).glob("*/ledger.sqlite"), key=lambda p: p.stat().st_mtime)
+    def touched(ledger: Path) -> float:  # in WAL mode a live run writes ledger.sqlite-wal, not the file itself
+        return max(p.stat().st_mtime for p in (ledger, ledger.with_name("ledger.sqlite-wal")) if p.exists())
+
+    ledgers = sorted((cfg.root / STATE).glob("*/ledger.sqlite"), key=touched)
     return ledgers[-1].parent.name if ledgers else "run"
 
 
@@ -103,15 +106,22 @@ def prepare(cfg: Config) -> list[str]:
     created = sorted(untracked_entries(cfg.root) - before)
     record = cfg.root / STATE / "prepared.json"
     record.parent.mkdir(exist_ok=True)
-    old = json.loads(record.read_text()) if record.exists() else []
-    record.write_text(json.dumps(sorted(set(old) | set(created)), indent=1) + "\n")
+    tmp = record.with_suffix(".tmp")  # a kill mid-write must not leave a record every later run chokes on
+    tmp.write_text(json.dumps(sorted(set(_prepared(record)) | set(created)), indent=1) + "\n")
+    os.replace(tmp, record)
     return created
+
+
+def _prepared(record: Path) -> list[str]:
+    try:
+        return json.loads(record.read_text()) if record.exists() else []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{record} is damaged: delete it and run `nightlab prepare` again") from None
 
 
 def visible_data(cfg: Config) -> list[str]:
     """Project-relative paths every trial sees: [data] train/val and what `prepare` made, never the test split."""
-    record = cfg.root / STATE / "prepared.json"
-    prepared = json.loads(record.read_text()) if record.exists() else []
+    prepared = _prepared(cfg.root / STATE / "prepared.json")
     test = [Path(t) for t in cfg.data.test]
 
     def holds_test(p: str) -> bool:

@@ -63,7 +63,7 @@ def dir_size(path: Path) -> int:
 class DirWatch(threading.Thread):
     """Calls `on_exceeded` once when `path` grows past `max_bytes` (checked every `interval` s)."""
 
-    def __init__(self, path: Path, max_bytes: int, on_exceeded: Callable[[], None], interval: float = 0.25) -> None:
+    def __init__(self, path: Path, max_bytes: int, on_exceeded: Callable[[], None], interval: float = 0.1) -> None:
         super().__init__(daemon=True, name="nightlab-dirwatch")
         self.path, self.max_bytes, self.on_exceeded, self.interval = path, max_bytes, on_exceeded, interval
         self.exceeded = False
