@@ -18,8 +18,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from nightlab.agents.keyproxy import LoopbackServer
 
 _ids = itertools.count(1)
 
@@ -64,7 +66,7 @@ class Request:
         return self.headers.get("x-api-key") or bearer
 
 
-class MockLLM:
+class MockLLM(LoopbackServer):
     """`with MockLLM([...]) as m:` serves on `m.url`; `m.requests` holds what clients sent."""
 
     def __init__(self, script: list[Reply] | dict[str, list[Reply]], errors: list[int] | None = None) -> None:
@@ -74,21 +76,7 @@ class MockLLM:
         self.errors = list(errors or [])
         self.requests: list[Request] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "MockLLM":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(_handler(self))
 
     def reply_for(self, raw: str, step: int) -> Reply:
         script = next((v for k, v in self.scripts.items() if k and k in raw), self.scripts.get("", []))

@@ -40,4 +40,4 @@ def test_demo_runs_the_quickstart_end_to_end(tmp_path: Path) -> None:
     assert not (tree / "data" / "test.npz").exists()
     # the user's checkout is untouched
     porcelain = subprocess.run(["git", "status", "--porcelain"], cwd=dest, capture_output=True, text=True).stdout
-    assert porcelain.strip() == "" or all(line.endswith(("data/", "scratchpad.md")) for line in porcelain.splitlines())
+    assert porcelain.strip() == ""

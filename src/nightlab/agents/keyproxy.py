@@ -14,6 +14,7 @@ import json
 import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import urlsplit
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
@@ -21,7 +22,28 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 AUTH = {"x-api-key", "authorization"}
 
 
-class KeyProxy:
+class LoopbackServer:
+    """An HTTP server on an ephemeral 127.0.0.1 port, served from a thread while used as a context manager."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class KeyProxy(LoopbackServer):
     """`with KeyProxy(upstream, headers) as p:` — give the CLI `p.url` and `p.token`."""
 
     def __init__(self, upstream: str, auth_headers: dict[str, str], timeout_s: float = 600) -> None:
@@ -30,21 +52,7 @@ class KeyProxy:
             raise ValueError(f"not an http(s) URL: {upstream!r}")
         self.upstream, self.auth, self.timeout_s = parts, auth_headers, timeout_s
         self.token = "nightlab-" + secrets.token_hex(16)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "KeyProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(_handler(self))
 
     def connect(self) -> http.client.HTTPConnection:
         u = self.upstream
