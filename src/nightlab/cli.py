@@ -136,21 +136,27 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
                              ("sandbox.backend", sandbox, "--sandbox")):
         if value is not None:
             config.override(cfg, key, value, flag)
+    tag = _tag(cfg, tag)
+    state = project.state_dir(cfg, tag)
+    reason = _session(cfg, tag, max_trials, hours)
+    console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
+    if cfg.report.html:
+        console.print(f"report: {state}/report.html")
+
+
+def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float | None) -> str:
+    """Run the loop for a tag under its lock with the live view and report, then show the status table."""
     from nightlab.report import watch
     from nightlab.session import run_session
 
-    tag = _tag(cfg, tag)
-    state = project.state_dir(cfg, tag)
-    with _lock(state), watch(cfg, tag, console, _print_event, max_trials, hours) as notify:
+    with _lock(project.state_dir(cfg, tag)), watch(cfg, tag, console, _print_event, max_trials, hours) as notify:
         try:
             reason = run_session(cfg, tag, max_trials, hours, notify)
         except KeyboardInterrupt:
             err.print(f"interrupted: the ledger is consistent; resume with `nightlab run --tag {tag}`", markup=False)
             raise typer.Exit(130) from None
     _show_status(cfg, tag)
-    console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
-    if cfg.report.html:
-        console.print(f"report: {state}/report.html")
+    return reason
 
 
 def _print_event(event: str, rec: TrialRecord) -> None:
@@ -299,12 +305,7 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where 
     console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, {trials} trials")
     cfg = config.load(dest / config.CONFIG_NAME)
     project.prepare(cfg)
-    from nightlab.report import watch
-    from nightlab.session import run_session
-
-    with _lock(project.state_dir(cfg, "demo")), watch(cfg, "demo", console, _print_event, trials, None) as notify:
-        reason = run_session(cfg, "demo", trials, None, notify)
-    _show_status(cfg, "demo")
+    reason = _session(cfg, "demo", trials, None)
     state = project.state_dir(cfg, "demo")
     console.print(f"stopped: {reason}\n\n[bold]where everything is[/]\n"
                   f"  project:  {dest}\n  ledger:   {state}/ledger.sqlite  (results.tsv beside it)\n"
