@@ -142,6 +142,29 @@ def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
 CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
 
 
+def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]]):
+    """Copy a bundled example into tmp_path/name with `nightlab init --example`, replace each `old` text
+    of its nightlab.toml (which must be there) by `new` and commit that; returns `nl(*args)`, which runs
+    the real CLI in the copy and asserts exit code 0."""
+    env = isolated_env(tmp_path / "home") | {"COLUMNS": "200"}
+    dest = tmp_path / name
+
+    def nl(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*CLI, *args], cwd=dest if dest.exists() else tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"nightlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    nl("init", str(dest), "--example", name)
+    toml = (dest / "nightlab.toml").read_text()
+    for old, new in config_edits:
+        assert old in toml, old
+        toml = toml.replace(old, new)
+    (dest / "nightlab.toml").write_text(toml)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a quick config", cwd=dest, env=env)
+    return nl
+
+
 @dataclass
 class Project:
     """A tiny nightlab project: a git repo with one commit, run through the real CLI."""
@@ -192,14 +215,18 @@ class Project:
     def worktree(self, tag: str = "t") -> Path:
         return self.state(tag) / "worktree"
 
-    def ledger(self, tag: str = "t") -> list[dict]:
-        """Rows of the real SQLite ledger, read directly."""
+    def rows(self, sql: str, tag: str = "t") -> list[dict]:
+        """The rows a query of the real SQLite ledger returns, read directly."""
         db = sqlite3.connect(self.state(tag) / "ledger.sqlite")
         db.row_factory = sqlite3.Row
         try:
-            rows = [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY n")]
+            return [dict(r) for r in db.execute(sql)]
         finally:
             db.close()
+
+    def ledger(self, tag: str = "t") -> list[dict]:
+        """The trials table."""
+        rows = self.rows("SELECT * FROM trials ORDER BY n", tag)
         for r in rows:
             r["runs"] = json.loads(r["runs"]) if r["runs"] else []
             r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}

@@ -184,11 +184,20 @@ def test_reproposing_a_trial_reuses_its_params(project: Path) -> None:
     agent = OptunaAgent(config(project), project / "state")
     agent.observe(0, Status.BASELINE, 2.0)
     first = agent.propose(workspace(project), brief(1))
-    agent.observe(1, Status.LOST, None)  # ignored: the trial runs again
-    again = OptunaAgent(config(project), project / "state").propose(workspace(project), brief(1))
+    again = OptunaAgent(config(project), project / "state").propose(workspace(project), brief(1))  # a resume
     assert (again.params, again.description) == (first.params, first.description)
     trials = study(project).trials
     assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.RUNNING
+
+
+def test_a_lost_trial_is_told_as_failed_not_penalised(project: Path) -> None:
+    agent = OptunaAgent(config(project), project / "state")
+    agent.observe(0, Status.BASELINE, 2.0)
+    agent.propose(workspace(project), brief(1))
+    agent.observe(1, Status.LOST, None)  # the loop already retried it: the infrastructure failed, not the point
+    trials = study(project).trials
+    assert trials[1].state == optuna.trial.TrialState.FAIL
+    assert not study(project).user_attrs.get("nightlab_penalized")
 
 
 def test_crash_is_told_as_a_penalty(project: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import sqlite3
 
 import pytest
 
@@ -34,12 +33,7 @@ def searched(tmp_path, config: dict | None = None, train: str = SPLIT_TRAIN, tri
 
 
 def verify_rows(proj: Project) -> list[dict]:
-    db = sqlite3.connect(proj.state() / "ledger.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM verify ORDER BY rowid")]
-    finally:
-        db.close()
+    return proj.rows("SELECT * FROM verify ORDER BY rowid")
 
 
 def test_verify_measures_the_effect_ablates_and_tests(tmp_path) -> None:

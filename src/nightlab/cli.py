@@ -129,11 +129,17 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (after the baseline).", min=0)] = None,
         hours: Annotated[Optional[float], typer.Option(help="Stop after this many hours.", min=0)] = None,
         budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
-        sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None) -> None:
+        sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
+        slots: Annotated[Optional[int], typer.Option(help="Trials in flight at once (config: executor.slots).", min=1)] = None,
+        executor: Annotated[Optional[str], typer.Option(help="local or ray (config: executor.name).")] = None,
+        pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline",
+                            help="The agent prepares the next trial while the slots train (config: executor.pipeline).")] = None,
+        ) -> None:
     """Run the research loop; rerun with the same --tag to resume where it stopped."""
     cfg = _load(config_path)
     for key, value, flag in (("agent.name", agent, "--agent"), ("run.budget_s", budget, "--budget"),
-                             ("sandbox.backend", sandbox, "--sandbox")):
+                             ("sandbox.backend", sandbox, "--sandbox"), ("executor.slots", slots, "--slots"),
+                             ("executor.name", executor, "--executor"), ("executor.pipeline", pipeline, "--pipeline")):
         if value is not None:
             config.override(cfg, key, value, flag)
     tag = _tag(cfg, tag)
@@ -166,6 +172,10 @@ def _print_event(event: str, rec: TrialRecord) -> None:
         console.print(f"[dim]trial {rec.n}: running{escape(': ' + rec.description) if rec.description else ''}[/]")
     elif event == "confirm":
         console.print(f"[dim]trial {rec.n}: promising ({rec.runs[-1]:.6g}); confirming with a fresh seed[/]")
+    elif event == "lost":
+        console.print(f"[dim]trial {rec.n}: a run was lost (the infrastructure stopped it); running it again[/]")
+    elif event == "rebase":
+        console.print(f"[dim]trial {rec.n}: the best moved on; {escape(rec.reason)}, running it again[/]")
     elif event == "done":
         style = views.STYLE.get(rec.status, "")
         metric = views.fmt(rec.metric) + (f" ({views.fmt(rec.delta, True)})" if rec.delta is not None else "")
@@ -191,6 +201,11 @@ def trial(config_path: ConfigOpt = None,
         console.print(f"{'failed' if problem else 'ok'} after {seconds:.1f}s  ·  outputs: {kept}")
         for name, value in values.items():
             console.print(f"  {name}: {value:.6g}{' ←' if name == cfg.metric.name else ''}")
+        if problem:  # the run's own last words usually say why
+            from nightlab.metrics import log_tail
+
+            tail = log_tail(run_dir / "run.log", lines=5)
+            err.print("\n".join(f"  | {line}" for line in tail.splitlines()), markup=False, highlight=False)
     if problem:
         err.print(f"error: {problem}", markup=False)
         raise typer.Exit(1)
@@ -207,7 +222,8 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         from nightlab.verify import latest
 
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")
-        print(json.dumps(data | {"verify": latest(ledger)}))
+        slots = views.slot_activity(ledger.runs(), int(ledger.get("slots", 1)))
+        print(json.dumps(data | {"verify": latest(ledger), "slots": slots}))
         return
     _show_status(cfg, tag)
 
@@ -217,6 +233,8 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}")))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
+    if int(ledger.get("slots", 1)) > 1 or ledger.get("pipeline", False):
+        console.print(views.slots_table(views.slot_activity(ledger.runs(), int(ledger.get("slots", 1)))))
     from nightlab import verify
 
     if rows := verify.latest(ledger):

@@ -136,10 +136,11 @@ class PhasesConfig(Section):
 
 
 class ExecutorConfig(Section):
-    name: str = "local"
-    slots: int = Field(1, ge=1)
-    gpus_per_trial: int = Field(0, ge=0)
-    ray_address: str = ""
+    name: Literal["local", "ray"] = "local"
+    slots: int = Field(1, ge=1)  # runs at once; each slot gets its own gpus_per_trial GPUs
+    gpus_per_trial: int = Field(0, ge=0)  # 0: every run sees [sandbox] gpus
+    pipeline: bool = False  # the agent prepares the next trial while the slots train
+    ray_address: str = ""  # empty: start a local Ray cluster
 
 
 class ReportConfig(Section):

@@ -20,7 +20,11 @@ CREATE TABLE IF NOT EXISTS trials (
     description TEXT, hypothesis TEXT, reason TEXT, phase TEXT,
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
-    started REAL, finished REAL
+    started REAL, finished REAL, hardware TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
+    job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
+    status TEXT NOT NULL, value REAL, seconds REAL, reason TEXT, hardware TEXT, host TEXT, started REAL, finished REAL
 );
 CREATE TABLE IF NOT EXISTS verify (   -- one row per comparison of one `nightlab verify` (see verify.py)
     run INTEGER NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, trial INTEGER, commit_sha TEXT,
@@ -54,6 +58,7 @@ class TrialRecord:
     tokens_out: int = 0
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    hardware: str = ""  # what its runs trained on ("cpu", GPU models): fixed-time results depend on it
 
     def public(self) -> dict:
         """The `nightlab log --json` object for this trial."""
@@ -74,6 +79,10 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
+            for f in fields(TrialRecord):  # a ledger from an older nightlab gains the new columns
+                if f.name not in have:
+                    self.db.execute(f"ALTER TABLE trials ADD COLUMN {f.name}")
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise NightlabError(f"{path}: not a readable nightlab ledger ({e})") from None
@@ -137,6 +146,30 @@ class Ledger:
 
     def trial(self, n: int) -> TrialRecord | None:
         return next((t for t in self.trials() if t.n == n), None)
+
+    # -- runs (jobs) ------------------------------------------------------------------------
+    def run_started(self, job: str, trial: int, k: int, attempt: int, slot: int) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO runs (job, trial, k, attempt, slot, status, started) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (job, trial, k, attempt, slot, RUNNING, time.time()))
+
+    def run_finished(self, job: str, status: str, value: float | None, seconds: float, reason: str,
+                     hardware: str, host: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET status = ?, value = ?, seconds = ?, reason = ?, hardware = ?, host = ?, "
+                            "finished = ? WHERE job = ?", (status, value, seconds, reason, hardware, host,
+                                                          time.time(), job))
+
+    def runs(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM runs ORDER BY started")
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def interrupt_runs(self) -> None:
+        """Runs left 'running' by a stopped nightlab: they ended with it."""
+        with self.db:
+            self.db.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE status = ?",
+                            (time.time(), RUNNING))
 
 
 TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason"]

@@ -1,25 +1,39 @@
-"""The ratchet: propose → verify → commit → run → decide → record, until a limit is reached."""
+"""The ratchet: propose → verify → commit → run → decide → record, until a limit is reached.
+
+With one slot the steps follow one another, as in the seed. With K slots, up to K trials are in flight
+(K+1 with `pipeline`: the agent prepares the next trial while the slots train): each proposal starts
+from the best in a worktree of its own, its runs go to the executor, and it is decided against the
+best at the moment its runs finish. The rule for a trial whose parent is no longer the best: when it
+is about to run, or would be kept, its change is re-applied to the current best (rebased) and run
+again from scratch, at most MAX_REBASES times; a change that no longer applies is discarded.
+"""
 
 from __future__ import annotations
 
-import json
+import ctypes
 import shutil
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nightlab import metrics, program, project
+from nightlab import metrics, program
 from nightlab.agents import Agent
 from nightlab.config import Config
 from nightlab.decide import Verdict, decide, noise
-from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed, TrialFailed, TrialInvalid
-from nightlab.integrity import clear, data_fingerprints
+from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
+from nightlab.executors import Executor, Job
 from nightlab.ledger import RUNNING, Ledger, TrialRecord, write_tsv
-from nightlab.sandbox import Sandbox, passthrough
+from nightlab.sandbox import passthrough
 from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunResult, RunSpec, Status
-from nightlab.workspace import Workspace, changed, checksums
+from nightlab.types import Brief, RunOutcome, RunSpec, Status
+from nightlab.workspace import Workspace
+
+MAX_REBASES = 2
+LOST_RETRIES = 1  # a run the infrastructure lost is run once more before the trial counts as lost
 
 
 @dataclass
@@ -28,142 +42,326 @@ class Limits:
     hours: float | None = None  # wall-clock hours for this invocation
 
 
+@dataclass
+class Flight:
+    """A trial in flight: its record, its worktree, and the bookkeeping of its runs."""
+
+    rec: TrialRecord
+    ws: Workspace | None = None
+    pending: int = 0  # runs to start (the baseline starts all its noise runs at once)
+    running: int = 0
+    next_k: int = 0  # run index; keeps growing across rebases, so no run directory is reused
+    retry: list[int] = field(default_factory=list)  # lost runs to start again
+    lost: dict[int, int] = field(default_factory=dict)
+    rebases: int = 0
+    proposal: Future | None = None
+
+
 class Loop:
-    def __init__(self, cfg: Config, ws: Workspace, ledger: Ledger, agent: Agent, sandbox: Sandbox,
-                 state_dir: Path, notify: Callable[[str, TrialRecord], None] = lambda event, rec: None) -> None:
-        self.cfg, self.ws, self.ledger, self.agent, self.sandbox = cfg, ws, ledger, agent, sandbox
+    def __init__(self, cfg: Config, ws: Workspace, ledger: Ledger, agent: Agent, executor: Executor,
+                 state_dir: Path, notify: Callable[[str, TrialRecord], None] = lambda event, rec: None,
+                 pipeline: bool = False) -> None:
+        self.cfg, self.ws, self.ledger, self.agent, self.executor = cfg, ws, ledger, agent, executor
         self.state_dir, self.notify = state_dir, notify
         self.env = passthrough(cfg.run.env, str(cfg.path))
+        self.capacity = executor.slots + int(pipeline)
+        self.inline = self.capacity == 1  # propose in this thread: Ctrl-C reaches the agent directly
+        self.agent_lock = threading.Lock() if not getattr(agent, "concurrent", False) else None
+        self.flights: dict[int, Flight] = {}
+        self.ready: deque[Flight] = deque()  # flights with runs to start, in order
+        self.jobs: dict[Future, tuple[Flight, Job, int]] = {}
+        self.free_slots = list(range(executor.slots))
+        self.idle_ws: list[Workspace] = [ws] if self.capacity == 1 else []
+        self.made_ws = 0
+        self.seen_jobs: set[str] = set()
         self.failures = 0
+        self.stop: str | None = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, limits: Limits) -> str:
         """Run trials until a limit; returns why it stopped. Ctrl-C propagates after the ledger is consistent."""
         start = time.monotonic()
-        self.recover()
-        if self.baseline_record() is None:
-            self.baseline()
-        while True:
-            trials = self.ledger.trials()
-            if limits.max_trials is not None and trials[-1].n >= limits.max_trials:
-                return f"reached --max-trials {limits.max_trials}"
-            if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
-                return f"reached --hours {limits.hours:g}"
-            if self.cfg.agent.max_cost_usd and sum(t.cost_usd for t in trials) >= self.cfg.agent.max_cost_usd:
-                return f"reached max_cost_usd {self.cfg.agent.max_cost_usd:g}"
-            if self.failures >= self.cfg.agent.max_failures:
-                return f"the agent failed {self.failures} times in a row (last: {trials[-1].reason})"
-            try:
-                self.trial(trials[-1].n + 1)
-            except AgentExhausted as e:
-                return f"the agent has no more ideas ({e})"
+        self.session = int(self.ledger.get("sessions", 0)) + 1  # job ids stay unique across resumes
+        self.ledger.set_meta(sessions=self.session)
+        try:
+            self.recover()
+            if self.ledger.trial(0) is None:
+                self._start_baseline()
+            while True:
+                self._dispatch()  # first: a slot waiting for a ready trial should not wait for the agent's setup
+                if 0 not in self.flights:
+                    self._propose_more(limits, start)
+                self._dispatch()
+                if not self.flights:
+                    return self.stop or "nothing left to run"
+                self._wait()
+        finally:
+            self._abandon()
 
-    def trial(self, n: int, rec: TrialRecord | None = None) -> TrialRecord:
-        """One trial; `rec` is a committed trial being re-run after a resume."""
-        rec = rec or self._propose(n)
-        if rec.status == RUNNING:
-            try:
-                self.evaluate(rec)
-            except TrialFailed as e:
-                rec.status, rec.reason = e.status, str(e)
-        self.finish(rec)
-        return rec
+    def _propose_more(self, limits: Limits, start: float) -> None:
+        while self.stop is None and len(self.flights) < self.capacity and self._has_ws():
+            self.stop = self._limit(limits, start)
+            if self.stop is None:
+                self._start_proposal()
 
-    def _propose(self, n: int) -> TrialRecord:
+    def _limit(self, limits: Limits, start: float) -> str | None:
+        trials = self.ledger.trials()
+        if limits.max_trials is not None and trials[-1].n >= limits.max_trials:
+            return f"reached --max-trials {limits.max_trials}"
+        if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
+            return f"reached --hours {limits.hours:g}"
+        if self.cfg.agent.max_cost_usd and sum(t.cost_usd for t in trials) >= self.cfg.agent.max_cost_usd:
+            return f"reached max_cost_usd {self.cfg.agent.max_cost_usd:g}"
+        if self.failures >= self.cfg.agent.max_failures:
+            last = next(t.reason for t in reversed(trials) if t.status == Status.REJECTED)
+            return f"the agent failed {self.failures} times in a row (last: {last})"
+        return None
+
+    def _wait(self) -> None:
+        proposals = {f.proposal: f for f in self.flights.values() if f.proposal is not None}
+        if not self.jobs and not proposals:
+            raise RuntimeError(f"nothing in flight but trials waiting: {sorted(self.flights)}")
+        done: set[Future] = set()
+        while not done:  # short waits keep Ctrl-C prompt
+            done, _ = wait([*self.jobs, *proposals], timeout=1.0, return_when=FIRST_COMPLETED)
+        for fut in done:
+            if fut in proposals:
+                self._proposed(proposals[fut], fut)
+            else:
+                flight, job, k = self.jobs.pop(fut)
+                self._ran(flight, job, k, fut.result())
+
+    # -- proposing --------------------------------------------------------------------------
+    def _start_proposal(self) -> None:
         best = self.best()
         trials = self.ledger.trials()
+        n = trials[-1].n + 1
+        ws = self._take_ws()
         rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n)
-        self.ws.reset(best.commit_sha)
-        program.ensure_scratchpad(self.ws.dir, self.cfg.project.scratchpad)
-        brief = program.brief(self.cfg, n, trials, best.metric, self.noise(), self._scratchpad(), self._failure_tail(trials))
+        ws.reset(best.commit_sha)
+        program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
+        brief = program.brief(self.cfg, n, trials, best.metric, self.noise(), self._scratchpad(ws),
+                              self._failure_tail(trials))
         rec.phase = brief.phase
         self.ledger.save(rec)
         self.notify("propose", rec)
-        out = self.run_dir(n)
-        (out / "brief.md").write_text(brief.text)
+        (self.run_dir(n) / "brief.md").write_text(brief.text)
+        flight = self.flights[n] = Flight(rec, ws)
+        if self.inline:
+            fut: Future = Future()
+            try:
+                fut.set_result(self._make(flight, brief))
+            except (AgentFailed, EditRejected, AgentExhausted) as e:
+                fut.set_exception(e)
+            self._proposed(flight, fut)
+        else:
+            flight.proposal = _in_thread(self._make, flight, brief)
+
+    def _make(self, flight: Flight, brief: Brief) -> None:
+        """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
+        rec, ws, out = flight.rec, flight.ws, self.run_dir(flight.rec.n)
+        if self.agent_lock is not None:
+            with self.agent_lock:
+                proposal = self.agent.propose(ws.dir, brief)
+        else:
+            proposal = self.agent.propose(ws.dir, brief)
+        (out / "agent.log").write_text(proposal.transcript)
+        first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
+        rec.description, rec.hypothesis = first[:400], proposal.hypothesis
+        rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
+        (out / "diff.patch").write_text(ws.diff())
+        files = ws.verify_edits()
+        rec.commit_sha = ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", files)
+
+    def _proposed(self, flight: Flight, fut: Future) -> None:
+        flight.proposal = None
+        rec = flight.rec
         try:
-            proposal = self.agent.propose(self.ws.dir, brief)
-            (out / "agent.log").write_text(proposal.transcript)
-            first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
-            rec.description, rec.hypothesis = first[:400], proposal.hypothesis
-            rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
-            (out / "diff.patch").write_text(self.ws.diff())
-            files = self.ws.verify_edits()
+            fut.result()
         except (AgentFailed, EditRejected) as e:
             if spent := getattr(e, "proposal", None):  # a failed attempt still costs tokens
-                (out / "agent.log").write_text(spent.transcript)
+                (self.run_dir(rec.n) / "agent.log").write_text(spent.transcript)
                 rec.cost_usd, rec.tokens_in, rec.tokens_out = spent.cost_usd, spent.tokens_in, spent.tokens_out
             self.failures += 1
             rec.status, rec.reason = Status.REJECTED, str(e)
-            return rec
-        except AgentExhausted:
-            self.ledger.delete(n)
-            shutil.rmtree(out, ignore_errors=True)
-            self.ws.reset(best.commit_sha)
-            raise
+            self.finish(flight)
+            return
+        except AgentExhausted as e:
+            self.ledger.delete(rec.n)
+            shutil.rmtree(self.run_dir(rec.n), ignore_errors=True)
+            if flight.ws is self.ws:
+                self.ws.reset(rec.parent)
+            self._release(flight)
+            self.stop = f"the agent has no more ideas ({e})"
+            return
         self.failures = 0
-        rec.commit_sha = self.ws.commit(f"trial {n}: {rec.description}\n\nstatus: running", files)
         self.ledger.save(rec)
-        return rec
+        flight.pending = 1
+        self.ready.append(flight)
 
-    # -- running and deciding ----------------------------------------------------------------
-    def evaluate(self, rec: TrialRecord) -> None:
-        best = self.best()
-        self.notify("run", rec)
-        self._run(rec, 0)
-        while True:
-            d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep, len(best.runs) or None)
-            if d.verdict != Verdict.CONFIRM:
-                break
-            self.notify("confirm", rec)
-            self._run(rec, len(rec.runs))
-        rec.metric, rec.delta = d.value, d.value - best.metric
-        rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
+    # -- running ----------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start runs on free slots, the oldest trials first."""
+        for flight in list(self.ready):
+            while (flight.pending or flight.retry) and self.free_slots and flight.rec.n in self.flights:
+                if flight.ws is None:
+                    flight.ws = self._take_ws()
+                    if flight.ws is None:
+                        break  # a resumed trial waiting for a worktree
+                if flight.running == 0 and not flight.rec.runs and not self._on_best(flight):
+                    break
+                self._submit(flight)
+            if not (flight.pending or flight.retry) or flight.rec.n not in self.flights:
+                self.ready.remove(flight)
 
-    def _run(self, rec: TrialRecord, k: int) -> None:
-        """One run of the trial's commit; its metrics are folded into `rec` (means over runs)."""
-        spec = RunSpec(command=self.cfg.run.command, cwd=self.ws.dir, run_dir=self.run_dir(rec.n, k),
+    def _on_best(self, flight: Flight) -> bool:
+        """Before its first run: put the trial on the current best (False when it was discarded instead)."""
+        rec, best = flight.rec, self.best_or_none()
+        if rec.n == 0 or best is None:
+            return True
+        if flight.ws.head() != rec.commit_sha:  # resumed, or its worktree was reused
+            flight.ws.reset(rec.commit_sha)
+        if rec.parent == best.commit_sha or self._rebase(flight):
+            return True
+        self.finish(flight)
+        return False
+
+    def _submit(self, flight: Flight) -> None:
+        rec = flight.rec
+        if flight.retry:
+            k = flight.retry.pop(0)
+        else:
+            k, flight.next_k, flight.pending = flight.next_k, flight.next_k + 1, flight.pending - 1
+        attempt = flight.lost.get(k, 0)
+        slot = self.free_slots.pop(0)
+        run_dir = self.run_dir(rec.n, k)
+        if attempt:
+            shutil.rmtree(run_dir, ignore_errors=True)  # what the lost attempt left
+            run_dir.mkdir(parents=True)
+        spec = RunSpec(command=self.cfg.run.command, cwd=flight.ws.dir, run_dir=run_dir,
                        budget_s=self.cfg.run.budget_s, timeout_s=self.cfg.run.timeout_s, seed=rec.seed + k,
-                       trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s, **spec_fields(self.cfg, self.ws.dir))
-        seconds: list[float] = []
-        try:
-            values = measure(self.cfg, self.sandbox, spec, seconds)
-        finally:
-            rec.seconds += sum(seconds)
-        rec.runs.append(values[self.cfg.metric.name])
-        rec.metrics = {name: (rec.metrics.get(name, v) * k + v) / (k + 1) for name, v in values.items()}
+                       trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s, **spec_fields(self.cfg, flight.ws.dir))
+        files = {f: (flight.ws.dir / f).read_bytes() for f in self.cfg.project.editable if (flight.ws.dir / f).is_file()}
+        job = Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+        self.ledger.run_started(job.id, rec.n, k, attempt, slot)
+        if not rec.runs and flight.running == 0 and not attempt:
+            self.notify("run", rec)
+        flight.running += 1
+        self.jobs[self.executor.submit(job)] = (flight, job, k)
 
-    def baseline(self) -> None:
+    def _ran(self, flight: Flight, job: Job, k: int, out: RunOutcome) -> None:
+        if out.job in self.seen_jobs:  # an executor may answer twice for one job: the first answer counts
+            return
+        self.seen_jobs.add(out.job)
+        self.free_slots.append(job.slot)
+        flight.running -= 1
+        rec, name = flight.rec, self.cfg.metric.name
+        self.ledger.run_finished(out.job, out.status or "ok", out.values.get(name), out.seconds, out.reason,
+                                 out.hardware, out.host)
+        rec.seconds += out.seconds
+        if out.hardware and out.hardware not in rec.hardware.split("; "):
+            rec.hardware = "; ".join(filter(None, [rec.hardware, out.hardware]))
+        if out.status == Status.LOST:
+            flight.lost[k] = flight.lost.get(k, 0) + 1
+            if flight.lost[k] <= LOST_RETRIES:
+                self.notify("lost", rec)
+                flight.retry.append(k)
+                self._requeue(flight)
+                return
+        if out.status is not None:
+            self._failed(flight, out)
+            return
+        rec.metrics = {m: (rec.metrics.get(m, v) * len(rec.runs) + v) / (len(rec.runs) + 1) for m, v in out.values.items()}
+        rec.runs.append(out.values[name])
+        if rec.n == 0:
+            if len(rec.runs) == self.cfg.keep.noise_runs:
+                self._baseline_done(flight)
+        else:
+            self._decide(flight)
+
+    def _failed(self, flight: Flight, out: RunOutcome) -> None:
+        rec = flight.rec
+        if rec.n == 0:
+            self.ledger.delete(0)
+            raise RunCrashed(f"the baseline failed ({out.status}: {out.reason}); fix it before searching "
+                             f"(see {self.run_dir(0)}/run.log)")
+        rec.status, rec.reason = out.status, out.reason
+        if out.status == Status.LOST:
+            rec.reason = f"lost {LOST_RETRIES + 1} times ({out.reason})"
+        self.finish(flight)
+
+    # -- deciding ---------------------------------------------------------------------------------
+    def _decide(self, flight: Flight) -> None:
+        rec, best = flight.rec, self.best()
+        d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep, len(best.runs) or None)
+        if d.verdict == Verdict.CONFIRM:
+            self.notify("confirm", rec)
+            flight.pending += 1
+            self._requeue(flight)
+            return
+        rec.metric, rec.delta = d.value, d.value - best.metric
+        if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha:  # the best moved on while it ran
+            if self._rebase(flight):
+                self._requeue(flight)
+                return
+        else:
+            rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
+        self.finish(flight)
+
+    def _rebase(self, flight: Flight) -> bool:
+        """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""
+        rec, best = flight.rec, self.best()
+        new = None if flight.rebases >= MAX_REBASES else flight.ws.rebase(rec.commit_sha, best.commit_sha)
+        if new is None:
+            why = ("the best moved on while it ran" if flight.rebases >= MAX_REBASES
+                   else "its change no longer applies to the best")
+            rec.status, rec.reason = Status.DISCARD, f"stale: {why} (trial {best.n})"
+            return False
+        flight.rebases += 1
+        rec.parent, rec.commit_sha, rec.runs, rec.metrics = best.commit_sha, new, [], {}
+        rec.metric = rec.delta = None
+        rec.reason = f"rebased onto trial {best.n}"
+        flight.pending = 1
+        (self.run_dir(rec.n) / "diff.patch").write_text(flight.ws.patch(new))
+        self.ledger.save(rec)
+        self.notify("rebase", rec)
+        return True
+
+    def _start_baseline(self) -> None:
         first = program.current_phase(program.read_program(self.cfg)[1], [], self.cfg)
         rec = TrialRecord(n=0, description="baseline", commit_sha=self.ws.head(), seed=0,
                           phase=first.label if first else "")
         self.ws.reset(rec.commit_sha)
+        if self.capacity == 1:
+            self.idle_ws.remove(self.ws)
         self.ledger.save(rec)
-        self.notify("run", rec)
-        try:
-            for k in range(self.cfg.keep.noise_runs):
-                self._run(rec, k)
-        except TrialFailed as e:
-            self.ledger.delete(0)
-            raise RunCrashed(f"the baseline failed ({e}); fix it before searching (see {self.run_dir(0)}/run.log)") from None
+        flight = self.flights[0] = Flight(rec, self.ws, pending=self.cfg.keep.noise_runs)
+        self.ready.append(flight)
+
+    def _baseline_done(self, flight: Flight) -> None:
+        rec = flight.rec
         rec.metric = sum(rec.runs) / len(rec.runs)
         rec.status = Status.BASELINE
         self.ledger.set_meta(noise=noise(rec.runs))
-        self.finish(rec)
+        self.finish(flight)
 
     # -- recording --------------------------------------------------------------------------------
-    def finish(self, rec: TrialRecord) -> None:
+    def finish(self, flight: Flight) -> None:
+        rec = flight.rec
         rec.finished = time.time()
         if rec.commit_sha and rec.n > 0:
-            rec.commit_sha = self.ws.amend(self.message(rec))
+            rec.commit_sha = flight.ws.amend(self.message(rec))
             self.ws.mark(rec.n, rec.commit_sha)
         elif rec.n == 0:
             self.ws.mark(0, rec.commit_sha)
-        if rec.status != Status.KEEP:
+        if rec.status == Status.KEEP:
+            self.ws.reset(rec.commit_sha)  # the branch moves to the new best
+        elif flight.ws is self.ws:
             self.ws.reset(self.best().commit_sha if rec.n > 0 else rec.commit_sha)
         self.ledger.save(rec)
         write_tsv(self.ledger.trials(), self.cfg.metric.name, self.state_dir / "results.tsv")
         self.agent.observe(rec.n, Status(rec.status), rec.metric)
+        self._release(flight)
         self.notify("done", rec)
 
     def message(self, rec: TrialRecord) -> str:
@@ -181,7 +379,8 @@ class Loop:
 
     # -- state -----------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Resume after a crash: a trial in flight is run again (counted once); an unfinished proposal is redone."""
+        """Resume after a crash: trials in flight are run again (counted once); unfinished proposals are redone."""
+        self.ledger.interrupt_runs()
         done = [t for t in self.ledger.trials() if t.status != RUNNING]
         # A kill between the ledger save and observe() kept that outcome from the agent (observe is idempotent);
         # so did a tag started with another agent, for the baseline.
@@ -193,16 +392,42 @@ class Loop:
             if rec.n == 0 or not rec.commit_sha:
                 self.ledger.delete(rec.n)
                 continue
-            self.ws.reset(rec.commit_sha)
             shutil.rmtree(self.run_dir(rec.n), ignore_errors=True)
             rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
-            self.trial(rec.n, rec)
+            flight = self.flights[rec.n] = Flight(rec, pending=1)
+            self.ready.append(flight)
         best = self.best_or_none()
         if best:
             self.ws.reset(best.commit_sha)
 
-    def baseline_record(self) -> TrialRecord | None:
-        return self.ledger.trial(0)
+    def _abandon(self) -> None:
+        """On the way out (Ctrl-C, an error): stop runs and proposals still in flight; the ledger keeps them running."""
+        for flight, job, _ in self.jobs.values():
+            self.executor.cancel(job.id)
+        for flight in self.flights.values():
+            if flight.proposal is not None and not flight.proposal.done():
+                _raise_in(flight.proposal, KeyboardInterrupt)
+
+    def _requeue(self, flight: Flight) -> None:
+        """Runs a trial already holding a worktree needs go before new trials."""
+        if flight not in self.ready:
+            self.ready.appendleft(flight)
+
+    def _has_ws(self) -> bool:
+        return bool(self.idle_ws) or (self.capacity > 1 and self.made_ws < self.capacity)
+
+    def _take_ws(self) -> Workspace | None:
+        if self.idle_ws:
+            return self.idle_ws.pop()
+        if self.capacity > 1 and self.made_ws < self.capacity:
+            self.made_ws += 1
+            return self.ws.spare(self.made_ws - 1)
+        return None
+
+    def _release(self, flight: Flight) -> None:
+        self.flights.pop(flight.rec.n, None)
+        if flight.ws is not None and (flight.ws is not self.ws or self.capacity == 1):
+            self.idle_ws.append(flight.ws)
 
     def best_or_none(self) -> TrialRecord | None:
         done = [t for t in self.ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
@@ -221,64 +446,34 @@ class Loop:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _scratchpad(self) -> str:
-        path = self.ws.dir / self.cfg.project.scratchpad
+    def _scratchpad(self, ws: Workspace) -> str:
+        path = ws.dir / self.cfg.project.scratchpad
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def _failure_tail(self, trials: list[TrialRecord]) -> str:
-        last = trials[-1] if trials else None
+        last = next((t for t in reversed(trials) if t.status != RUNNING), None)
         if last and last.status in (Status.CRASH, Status.TIMEOUT):
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""
 
 
-def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float],
-            data: list[str] | None = None) -> dict[str, float]:
-    """Run `spec` (and the trusted evaluator, if configured); return its metrics or raise how it failed.
+def _in_thread(fn: Callable, *args: object) -> Future:
+    """Run `fn` in a daemon thread (an agent stuck in a call must not keep nightlab from exiting)."""
+    fut: Future = Future()
 
-    `seconds` collects each run's duration, so time is accounted even when the trial fails. `data`: the
-    data paths to fingerprint around the run (default: what trials see).
-    """
-    data = project.visible_data(cfg) if data is None else data
-    before, data_before = checksums(spec.cwd, cfg.project.protected), data_fingerprints(spec.cwd, data)
-    result = _logged_run(sandbox, spec)
-    seconds.append(result.seconds)
-    measured = spec
-    if cfg.metric.evaluate:
-        metrics.read_exit(result)  # training only writes artifacts; what it printed or wrote does not count
-        measured = _evaluator_spec(cfg, spec)
-        result = _logged_run(sandbox, measured)
-        seconds.append(result.seconds)
-    if bad := changed(before, checksums(spec.cwd, cfg.project.protected)):
-        raise TrialInvalid(f"protected file changed during the run: {', '.join(bad)}")
-    if bad := changed(data_before, data_fingerprints(spec.cwd, data)):
-        raise TrialInvalid(f"data changed during the run: {', '.join(bad)}")
-    values = metrics.read(result, measured.run_dir, cfg.metric.name, stdout=not cfg.metric.evaluate)
-    if measured is not spec or not (spec.run_dir / "metrics.json").is_file():
-        _write_json(spec.run_dir / "metrics.json", values)  # the run directory records what counted
-    metrics.check_constraints(values, cfg.metric.constraints)
-    return values
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # handed to the main thread, which re-raises what it does not expect
+            fut.set_exception(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="nightlab-agent")
+    fut.thread = thread  # type: ignore[attr-defined]
+    thread.start()
+    return fut
 
 
-def _evaluator_spec(cfg: Config, train: RunSpec) -> RunSpec:
-    """The trusted evaluator: a fresh run with a directory of its own; the training outputs are read-only to it."""
-    eval_dir = train.run_dir / "evaluate"
-    clear(eval_dir)  # whatever training left under that name
-    eval_dir.mkdir()
-    return replace(train, command=cfg.metric.evaluate, run_dir=eval_dir, log_name="evaluate.log",
-                   readonly=[*train.readonly, train.run_dir],
-                   env={**train.env, "NIGHTLAB_TRAIN_DIR": str(train.run_dir)})
-
-
-def _logged_run(sandbox: Sandbox, spec: RunSpec) -> RunResult:
-    result = sandbox.run(spec)
-    name = "sandbox.json" if spec.log_name == "run.log" else f"sandbox-{Path(spec.log_name).stem}.json"
-    _write_json(spec.run_dir / name, {"backend": sandbox.name, "command": spec.command, "cwd": str(spec.cwd),
-                                      "seed": spec.seed, "seconds": result.seconds, "exit_code": result.exit_code,
-                                      "exit_reason": result.reason, **result.details})
-    return result
-
-
-def _write_json(path: Path, data: object) -> None:
-    clear(path)  # never write through a link a run planted in its run directory
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+def _raise_in(fut: Future, exc: type[BaseException]) -> None:
+    thread = getattr(fut, "thread", None)
+    if thread is not None and thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))

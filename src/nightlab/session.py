@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nightlab import metrics, project
-from nightlab.agents import load_agent
+from nightlab.agents import Agent, load_agent
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
-from nightlab.loop import Limits, Loop, measure
+from nightlab.executors import Executor, load_executor
+from nightlab.loop import Limits, Loop
+from nightlab.measure import measure
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
 from nightlab.types import RunSpec
@@ -26,14 +28,25 @@ def identity(cfg: Config) -> dict[str, object]:
 
 def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
                 notify: Callable[[str, TrialRecord], None]) -> str:
+    """One `nightlab run`; `[executor]` (with the CLI's overrides applied) says where and how many at once."""
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
     passthrough(cfg.run.env, str(cfg.path))  # refuse bad settings before anything is created
     program = cfg.root / cfg.project.program
     if "program" in cfg.project.model_fields_set and not program.is_file():  # named, so not optional: a typo
         raise UsageError(f"{cfg.path}: project.program: {program} not found")
-    sandbox = load_sandbox(cfg.sandbox.backend)
-    agent = load_agent(cfg.agent.name, cfg, state)
+    ex = cfg.executor
+    executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots,
+                             **({"inline": True} if ex.name == "local" and ex.slots == 1 and not ex.pipeline else {}))
+    try:
+        agent = load_agent(cfg.agent.name, cfg, state)
+        return _run(cfg, tag, state, fresh, agent, executor, Limits(max_trials=max_trials, hours=hours), notify)
+    finally:
+        executor.shutdown()
+
+
+def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor: Executor, limits: Limits,
+         notify: Callable[[str, TrialRecord], None]) -> str:
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
     ws.open(fresh=fresh)
     ws.link_data(project.visible_data(cfg))
@@ -47,8 +60,9 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
         ledger.check_identity(identity(cfg), str(cfg.path))
         if fresh:
             ledger.set_meta(tag=tag, branch=ws.branch, started=time.time())
-        loop = Loop(cfg, ws, ledger, agent, sandbox, state, notify)
-        return loop.run(Limits(max_trials=max_trials, hours=hours))
+        ledger.set_meta(slots=executor.slots, executor=executor.name, pipeline=cfg.executor.pipeline)
+        loop = Loop(cfg, ws, ledger, agent, executor, state, notify, pipeline=cfg.executor.pipeline)
+        return loop.run(limits)
     finally:
         ledger.close()
 

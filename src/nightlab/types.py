@@ -105,5 +105,21 @@ class RunResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+@dataclass
+class RunOutcome:
+    """What an executor returns for one run of a trial: plain data, so it travels back from a remote worker."""
+
+    job: str  # the Job id it answers (results are deduplicated by it)
+    values: dict[str, float] = field(default_factory=dict)  # the metrics that counted; empty when it failed
+    seconds: float = 0.0  # time spent running (training and the evaluator)
+    status: Status | None = None  # None when it succeeded; else how it failed (LOST: the infrastructure's fault)
+    reason: str = ""
+    slot: int = 0
+    host: str = ""
+    hardware: str = ""  # "cpu", or the GPU model(s) the run had: fixed-time results depend on it
+    started: float = 0.0  # wall clock (time.time())
+    finished: float = 0.0
+
+
 def is_finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)

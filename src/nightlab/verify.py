@@ -23,7 +23,7 @@ from nightlab import project
 from nightlab.config import Config
 from nightlab.errors import NightlabError, TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
-from nightlab.loop import measure
+from nightlab.measure import measure
 from nightlab.sandbox import Sandbox, load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
 from nightlab.stats import Comparison, compare

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.markup import escape
 from rich.table import Table
 
@@ -82,4 +84,34 @@ def summary_table(s: dict) -> Table:
         rows.append(("cost", f"${s['cost_usd']:.2f}"))
     for k, v in rows:
         table.add_row(k, v)
+    return table
+
+
+def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> list[dict]:
+    """Per slot: what it runs now, how many runs it finished, and how busy it was since its first run."""
+    now = now or time.time()
+    out = []
+    for slot in range(max([slots, *[r["slot"] + 1 for r in runs if r["slot"] is not None]])):
+        mine = [r for r in runs if r["slot"] == slot]
+        current = next((r for r in mine if r["status"] == "running"), None)
+        busy = sum((r["finished"] or now) - r["started"] for r in mine)
+        span = (max((r["finished"] or now) for r in mine) - min(r["started"] for r in mine)) if mine else 0.0
+        out.append({"slot": slot, "trial": current["trial"] if current else None,
+                    "run": current["k"] if current else None,
+                    "for_s": now - current["started"] if current else None,
+                    "runs": len([r for r in mine if r["status"] != "running"]),
+                    "lost": len([r for r in mine if r["status"] == "lost"]),
+                    "busy_s": busy, "busy": busy / span if span else None,
+                    "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), "")})
+    return out
+
+
+def slots_table(slots: list[dict]) -> Table:
+    table = Table(title="slots", title_justify="left")
+    for col in ("slot", "now", "runs", "lost", "busy", "hardware"):
+        table.add_column(col, justify="right" if col in ("slot", "runs", "lost", "busy") else "left")
+    for s in slots:
+        now = f"trial {s['trial']} run {s['run']} ({s['for_s']:.0f}s)" if s["trial"] is not None else "idle"
+        busy = f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—"
+        table.add_row(str(s["slot"]), now, str(s["runs"]), str(s["lost"]), busy, escape(s["hardware"]))
     return table

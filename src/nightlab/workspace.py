@@ -89,10 +89,13 @@ class Workspace:
     editable: list[str]
     scratchpad: str
 
+    slot: int | None = None  # None: the branch's worktree; i: a detached worktree for parallel trials
+
     def __post_init__(self) -> None:
         self.repo = toplevel(self.root)
         self.sub = self.root.resolve().relative_to(self.repo)
-        self.tree = self.root / ".nightlab" / self.tag / "worktree"
+        state = self.root / ".nightlab" / self.tag
+        self.tree = state / "worktree" if self.slot is None else state / "trials" / str(self.slot)
         self.dir = self.tree / self.sub  # the project directory inside the worktree
         self.branch = f"nightlab/{self.tag}"
         self._env = identity_env(self.repo)
@@ -129,6 +132,17 @@ class Workspace:
                     git("worktree", "prune", cwd=self.repo, check=False)
                     git("branch", "-D", self.branch, cwd=self.repo, check=False)
                 raise
+
+    def spare(self, slot: int) -> "Workspace":
+        """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
+        other = Workspace(self.root, self.tag, self.editable, self.scratchpad, slot)
+        if (other.tree / ".git").exists():
+            git("worktree", "repair", str(other.tree), cwd=self.repo, check=False)
+        else:
+            git("worktree", "prune", cwd=self.repo)
+            git("-c", NO_HOOKS, "worktree", "add", "--quiet", "--detach", str(other.tree), self.head(), cwd=self.repo)
+        other.link_data(getattr(self, "linked", []))
+        return other
 
     def restart(self) -> None:
         """Put the branch back at the user's HEAD (only for a tag with no trial: nothing is lost)."""
@@ -212,6 +226,21 @@ class Workspace:
         self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--amend", "--no-verify",
                   "--allow-empty", "-m", message)
         return self.head()
+
+    def rebase(self, commit: str, onto: str) -> str | None:
+        """`commit`'s change re-applied on `onto` (same message); None when it conflicts or leaves no change."""
+        self.reset(onto)
+        try:
+            self._git("-c", NO_HOOKS, "cherry-pick", "--no-commit", commit)
+        except NightlabError:  # a conflict: the two changes touch the same lines
+            self._git("cherry-pick", "--abort", check=False)
+            self.reset(onto)
+            return None
+        files = [f for f in self.changed_files() if f in self.editable or f == self.scratchpad]
+        if not any(f in self.editable for f in files):  # the new best already holds this change
+            self.reset(onto)
+            return None
+        return self.commit(self._git("log", "-1", "--format=%B", commit), files)
 
     def mark(self, n: int, commit: str) -> None:
         """Keep trial n reachable whatever happens to the branch."""

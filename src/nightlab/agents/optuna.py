@@ -8,6 +8,7 @@ optuna trial that serves it.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,12 @@ UNTRUSTED = {Status.INVALID, Status.REJECTED}
 
 
 class OptunaAgent:
+    # Proposals may overlap with other trials' runs and outcomes (parallel slots): one lock guards the study,
+    # and the constant-liar sampler keeps asks from landing next to points still in flight.
+    concurrent = True
+
     def __init__(self, config: Config, state_dir: Path) -> None:
+        self.lock = threading.RLock()
         self.optuna: Any = require("optuna", "optuna")
         self.optuna.logging.set_verbosity(self.optuna.logging.WARNING)
         self.config = config
@@ -48,7 +54,10 @@ class OptunaAgent:
     # -- the Agent role --------------------------------------------------------------------------
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal:
-        workspace = Path(workspace)
+        with self.lock:
+            return self._propose(Path(workspace), brief)
+
+    def _propose(self, workspace: Path, brief: Brief) -> Proposal:
         study = self._get_study(brief.metric.goal)
         space = self._space(study, workspace)
         if not space:
@@ -80,8 +89,10 @@ class OptunaAgent:
         return Proposal(description=", ".join(described), transcript=transcript, params=written)
 
     def observe(self, trial: int, status: Status, metric: float | None) -> None:
-        if status == Status.LOST:
-            return  # the same trial runs again; its optuna trial stays open for it
+        with self.lock:
+            self._observe(trial, status, metric)
+
+    def _observe(self, trial: int, status: Status, metric: float | None) -> None:
         study = self._get_study(self.config.metric.goal)
         if status == Status.BASELINE:
             if metric is not None and is_finite(metric):
@@ -90,6 +101,9 @@ class OptunaAgent:
         frozen = _trial_of(study, trial)
         if frozen is None or frozen.state != self.optuna.trial.TrialState.RUNNING:
             return  # not ours, or already told (a repeated observe after a resume)
+        if status == Status.LOST:  # the infrastructure's failure (already retried) says nothing of the point
+            study.tell(frozen.number, state=self.optuna.trial.TrialState.FAIL)
+            return
         if metric is not None and is_finite(metric) and status not in UNTRUSTED:
             study.tell(frozen.number, float(metric))
             return
@@ -113,7 +127,7 @@ class OptunaAgent:
             # Offset the seed by the history: a resumed run reseeded with the bare seed would replay
             # the random start-up points it has already tried.
             seed = self.config.agent.seed + len(study.get_trials(deepcopy=False))
-            study.sampler = self.optuna.samplers.TPESampler(seed=seed)
+            study.sampler = self.optuna.samplers.TPESampler(seed=seed, constant_liar=True)
             self._study = study
         return self._study
 

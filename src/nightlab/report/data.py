@@ -50,6 +50,7 @@ class ReportData:
     diffs: dict[int, str] = field(default_factory=dict)
     verify: list[VerifyTable] = field(default_factory=list)
     running: list[int] = field(default_factory=list)
+    slots: list[dict] = field(default_factory=list)  # views.slot_activity, when runs went to several slots
 
     def best_path(self) -> list[tuple[int, float]]:
         """(trial, best value so far) at the baseline and at every keep."""
@@ -80,6 +81,8 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
         noise = ledger.get("noise")
         started = ledger.get("started")
         verify = _verify_tables(ledger.db)
+        parallel = int(ledger.get("slots", 1)) > 1 or ledger.get("pipeline", False)
+        slots = views.slot_activity(ledger.runs(), int(ledger.get("slots", 1))) if parallel else []
     finally:
         ledger.close()
     trials = [t for t in every if t.status != RUNNING]
@@ -89,7 +92,7 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
     data = ReportData(tag=tag, metric=cfg.primary, trials=trials, noise=noise,
                       summary=views.status_json(cfg, tag, every, noise, f"nightlab/{tag}"), hours=max(hours, 0.0),
                       scratchpad_name=cfg.project.scratchpad, verify=verify,
-                      running=[t.n for t in every if t.status == RUNNING])
+                      running=[t.n for t in every if t.status == RUNNING], slots=slots)
     data.scratchpad = _branch_file(cfg.root, f"nightlab/{tag}", cfg.project.scratchpad)
     data.diffs = {t.n: _diff(cfg.root, state, tag, t.n) for t in trials if t.n > 0}
     return data

@@ -61,7 +61,7 @@ def num(v: float | None, sign: bool = False) -> str:
 
 def render(data: ReportData, chart: bytes | None, dark_chart: bytes | None, note: str = "") -> str:
     """The whole page. `chart` is None when it could not be drawn (`note` then says why)."""
-    parts = [_head(data), _summary(data), _chart(chart, dark_chart, note), _phases(data), _verify(data.verify),
+    parts = [_head(data), _summary(data), _chart(chart, dark_chart, note), _phases(data), _verify(data.verify), _slots(data.slots),
              _trials(data), _scratchpad(data),
              f"<footer>nightlab {esc(__version__)} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}"
              f" · ledger <code>.nightlab/{esc(data.tag)}/ledger.sqlite</code></footer>",
@@ -128,13 +128,23 @@ def _phases(data: ReportData) -> str:
 def _verify(tables: list[VerifyTable]) -> str:
     if not tables:
         return ""
-    out = ["<h2>Verify</h2>"]
-    for t in tables:
-        head = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
-        body = "".join("<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>" for row in t.rows)
-        out.append(f'<h3>{esc(t.name)}</h3><table class="verify"><thead><tr>{head}</tr></thead>'
-                   f"<tbody>{body}</tbody></table>")
-    return "".join(out)
+    return "<h2>Verify</h2>" + "".join(f"<h3>{esc(t.name)}</h3>{_table(t.columns, t.rows)}" for t in tables)
+
+
+def _slots(slots: list[dict]) -> str:
+    if not slots:
+        return ""
+    rows = [[s["slot"], f"trial {s['trial']} run {s['run']}" if s["trial"] is not None else "idle", s["runs"],
+             s["lost"], _duration(s["busy_s"]), f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—",
+             s["hardware"]] for s in slots]
+    return ("<h2>Slots</h2><p>Runs in parallel: busy is the share of time since the slot's first run that it was "
+            "training.</p>" + _table(["slot", "now", "runs", "lost", "training", "busy", "hardware"], rows))
+
+
+def _table(columns: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="verify"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _cell(v: object) -> str:

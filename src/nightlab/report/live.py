@@ -22,7 +22,9 @@ from nightlab.config import Config
 from nightlab.ledger import RUNNING, Ledger, TrialRecord
 
 LAST = 12  # outcomes shown in the panel
-DOING = {"propose": "asking the agent", "run": "running", "confirm": "confirming with a fresh seed"}
+DOING = {"propose": "asking the agent", "run": "running", "confirm": "confirming with a fresh seed",
+         "lost": "running again (a run was lost)", "rebase": "running again on the new best"}
+TIMED = ("run", "confirm", "lost", "rebase")  # events that start a run
 
 
 class LiveView:
@@ -34,10 +36,8 @@ class LiveView:
         self.max_trials, self.hours = max_trials, hours
         self.terminal = console.is_terminal
         self.trials = _finished(cfg, tag)
-        self.current: TrialRecord | None = None
-        self.doing = ""
+        self.flying: dict[int, tuple[TrialRecord, str, float | None]] = {}  # n → (record, doing, run started)
         self.started = time.monotonic()
-        self.run_started: float | None = None
         self.live = None
 
     def __enter__(self) -> "LiveView":
@@ -58,12 +58,11 @@ class LiveView:
             return
         if event == "done":
             self.trials.append(rec)
-            self.current, self.doing, self.run_started = None, "", None
+            self.flying.pop(rec.n, None)
             self.plain(event, rec)  # printed above the panel: the history stays in the scrollback
             return
-        self.current, self.doing = rec, DOING.get(event, event)
-        if event in ("run", "confirm"):
-            self.run_started = time.monotonic()
+        started = time.monotonic() if event in TIMED else self.flying.get(rec.n, (rec, "", None))[2]
+        self.flying[rec.n] = (rec, DOING.get(event, event), started)
 
     # -- drawing ---------------------------------------------------------------------------------
     def __rich__(self) -> Panel:
@@ -80,14 +79,17 @@ class LiveView:
         return Panel(grid, title=f"nightlab run · {escape(self.tag)}", title_align="left", border_style="cyan")
 
     def _now(self) -> Text:
-        if self.current is None:
+        if not self.flying:
             return Text("between trials", style="dim")
-        n = self.current
-        text = Text(f"trial {n.n}: {self.doing}")
-        if n.description:
-            text.append(f" · {n.description}", style="italic")
-        if n.phase:
-            text.append(f"  (phase {n.phase})", style="dim")
+        text = Text()
+        for n, (rec, doing, started) in sorted(self.flying.items()):
+            text.append(f"{chr(10) if text else ''}trial {n}: {doing}")
+            if rec.description:
+                text.append(f" · {rec.description}", style="italic")
+            if len(self.flying) > 1 and started is not None:  # one run has its own bar below
+                text.append(f" · {time.monotonic() - started:.0f}s", style="dim")
+            elif rec.phase:
+                text.append(f"  (phase {rec.phase})", style="dim")
         return text
 
     def _bars(self) -> list[tuple[str, float, float, str]]:
@@ -100,8 +102,9 @@ class LiveView:
             bars.append(("time", elapsed, self.hours * 3600, f"{elapsed / 3600:.2f}/{self.hours:g} h"))
         if self.max_trials is None and not self.hours:
             bars.append(("time", 0, 1, f"{elapsed / 60:.1f} min, no limit (Ctrl-C stops; resume any time)"))
-        if self.run_started is not None:
-            run = time.monotonic() - self.run_started
+        timed = [started for _, _, started in self.flying.values() if started is not None]
+        if len(self.flying) == 1 and timed:
+            run = time.monotonic() - timed[0]
             budget = self.cfg.run.budget_s
             bars.append(("run", run, budget, f"{run:.0f}/{budget:g} s" + (" (over budget)" if run > budget else "")))
         return bars

@@ -76,6 +76,9 @@ def run_env(spec: RunSpec) -> dict[str, str]:
         "NIGHTLAB_SEED": str(spec.seed),
         "NIGHTLAB_TRIAL": str(spec.trial),
     }
+    ids = spec.gpus.replace(" ", "")
+    if ids and ids.lower() not in ("all", "none"):  # a slot's own GPUs, numbered as nvidia-smi does
+        env |= {"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     return env | spec.env
 
 

@@ -44,7 +44,8 @@ def container_argv(engine: str, spec: RunSpec, name: str, uid: int | None = None
     run_dir = Path(os.path.realpath(spec.run_dir))
     a += ["--volume", f"{run_dir}:{run_dir}:rw", "--volume", f"{run_dir / spec.log_name}:{run_dir / spec.log_name}:ro"]
     for key, value in run_env(spec).items():
-        if key != "PATH":  # the image's own PATH finds its python
+        # The image's own PATH finds its python; --gpus renumbers the chosen GPUs from 0 inside the container.
+        if key not in ("PATH", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
             a += ["--env", f"{key}={value}"]
     command = spec.command
     inner = ["/bin/sh", "-c", command] if not SHELL_SYNTAX.isdisjoint(command) else shlex.split(command)

@@ -1,0 +1,194 @@
+"""Parallel trials on local slots, and pipelining on one slot: real CLI, real git, real ledger.
+
+The training script's knobs sit on lines far apart, so git can re-apply one change on top of another
+(rebase) unless both touch the same knob (a conflict: the trial is discarded as stale).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nlkit import CLI, Project, idea, make_project, one_line_error, sub
+
+TRAIN = '''"""A tiny training script whose runs take SLEEP seconds (or wait while HOLD exists)."""
+import os
+import time
+
+LR = 0.1
+
+# a spacer, so changes to LR and BONUS do not touch
+
+BONUS = 0.0
+
+# another spacer
+
+SLEEP = 0.4
+
+HOLD = ""
+
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "pid"), "w") as f:
+    f.write(str(os.getpid()))
+while HOLD and os.path.exists(HOLD):
+    time.sleep(0.05)
+time.sleep(SLEEP)
+print("gpus:", os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
+print(f"val_loss: {1.0 + (LR - 0.3) ** 2 - BONUS:.6f}")
+print("peak_memory_gb: 0.1")
+'''
+
+
+def project(tmp_path: Path, *ideas: dict, config: dict | None = None, train: str = TRAIN) -> Project:
+    proj = make_project(tmp_path, train=train, config=config)
+    proj.ideas(*ideas)
+    proj.commit_all("ideas")
+    return proj
+
+
+def check_consistent(proj: Project) -> list[dict]:
+    """Every trial once and finished, every trial ref at its commit, the branch a chain of keeps ending at the best."""
+    rows = proj.ledger()
+    assert [r["n"] for r in rows] == list(range(len(rows)))
+    assert all(r["status"] != "running" for r in rows)
+    refs = dict(line.split() for line in proj.git("for-each-ref", "--format=%(refname) %(objectname)",
+                                                  "refs/nightlab/t/").splitlines())
+    committed = [r for r in rows if r["commit_sha"]]
+    assert {f"refs/nightlab/t/trial-{r['n']}": r["commit_sha"] for r in committed} == refs
+    chain = [r for r in rows if r["status"] in ("baseline", "keep")]
+    assert proj.git("rev-parse", "nightlab/t") == chain[-1]["commit_sha"]
+    for before, after in zip(chain, chain[1:]):
+        assert proj.git("rev-parse", f"{after['commit_sha']}^") == before["commit_sha"]
+        assert after["parent"] == before["commit_sha"]
+    assert proj.git("status", "--porcelain") == ""  # the user's checkout is untouched
+    return rows
+
+
+def runs(proj: Project) -> list[dict]:
+    return proj.rows("SELECT * FROM runs ORDER BY started")
+
+
+def test_two_slots_run_trials_at_once_and_keep_git_and_ledger_consistent(tmp_path: Path) -> None:
+    ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12, 0.25, 0.35, 0.05)]
+    proj = project(tmp_path, *ideas)
+    proj.run("--max-trials", "6", "--slots", "2", timeout=120)
+    rows = check_consistent(proj)
+    assert len(rows) == 7 and {r["hardware"] for r in rows if r["n"] > 0 and r["status"] != "rejected"} == {"cpu"}
+    done = [r for r in runs(proj) if r["trial"] > 0]
+    assert {r["slot"] for r in done} == {0, 1}
+    overlapped = any(a["started"] < b["finished"] and b["started"] < a["finished"]
+                     for a in done for b in done if a["slot"] != b["slot"])
+    assert overlapped, "two slots never ran at the same time"
+    slots = proj.status_json()["slots"]
+    assert [s["slot"] for s in slots] == [0, 1] and all(s["trial"] is None and s["runs"] >= 1 for s in slots)
+    assert sum(s["runs"] for s in slots) == len(runs(proj))
+    assert "<h2>Slots</h2>" in (proj.state() / "report.html").read_text()
+    assert "slots" in proj.nl("status", "--tag", "t").stdout
+
+
+def test_a_winner_whose_parent_moved_is_rebased_and_a_conflicting_one_is_discarded(tmp_path: Path) -> None:
+    proj = project(
+        tmp_path,
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3")),  # quick: kept first
+        idea("bonus, slow", sub("BONUS = 0.0", "BONUS = 0.1"), sub("SLEEP = 0.4", "SLEEP = 2.0")),
+        # slower still: it beats the best when it ends, but conflicts with trial 2 on the lines both changed
+        idea("big bonus, slower", sub("BONUS = 0.0", "BONUS = 0.5"), sub("SLEEP = 0.4", "SLEEP = 6.0")),
+    )
+    proj.run("--max-trials", "3", "--slots", "3", timeout=120)
+    rows = check_consistent(proj)
+    assert [r["status"] for r in rows] == ["baseline", "keep", "keep", "discard"]
+    assert rows[2]["reason"] == "rebased onto trial 1" and rows[2]["parent"] == rows[1]["commit_sha"]
+    assert rows[2]["metric"] == pytest.approx(0.9)  # both changes, measured together after the rebase
+    assert rows[3]["reason"].startswith("stale: its change no longer applies")
+    best = proj.git("show", "nightlab/t:train.py")
+    assert "LR = 0.3" in best and "BONUS = 0.1" in best
+    assert "status: keep (rebased onto trial 1)" in proj.git("log", "-1", "--format=%B", "nightlab/t")
+
+
+def test_pipelining_proposes_the_next_trial_while_one_trains_and_rebases_it_after_a_keep(tmp_path: Path) -> None:
+    proj = project(
+        tmp_path,
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5")),
+        idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1")),
+        idea("bonus again", sub("BONUS = 0.0", "BONUS = 0.2")),
+    )
+    proj.run("--max-trials", "3", "--slots", "1", "--pipeline", timeout=120)
+    rows = check_consistent(proj)
+    assert rows[2]["started"] < rows[1]["finished"]  # the agent worked while trial 1 trained
+    assert [r["status"] for r in rows] == ["baseline", "keep", "keep", "discard"]
+    assert rows[2]["reason"] == "rebased onto trial 1"
+    assert rows[3]["reason"].startswith("stale")  # written on trial 1, but trial 2 changed the same line
+    assert len([r for r in runs(proj) if r["trial"] == 2]) == 1  # rebased before it ran: one run, not two
+    assert {r["slot"] for r in runs(proj)} == {0}
+
+
+def test_each_slot_gets_its_own_gpus(tmp_path: Path) -> None:
+    config = {"sandbox": {"backend": "process", "gpus": "0,1,2,3"}, "executor": {"gpus_per_trial": 2}}
+    ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12)]
+    proj = project(tmp_path, *ideas, config=config)
+    proj.run("--max-trials", "3", "--slots", "2", timeout=120)
+    check_consistent(proj)
+    for run in runs(proj):
+        k = run["k"]
+        log = proj.state() / "runs" / str(run["trial"]) / (f"repeat-{k}" if k else "") / "run.log"
+        assert f"gpus: {['0,1', '2,3'][run['slot']]}" in log.read_text()
+
+    proc = proj.run("--slots", "3", ok=False)
+    assert proc.returncode == 2
+    assert "3 slots × gpus_per_trial 2 needs 6 GPUs, but 4 are available" in one_line_error(proc)
+
+
+def test_ctrl_c_with_two_trials_in_flight_stops_both_and_resume_counts_each_once(tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    train = TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"')
+    ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12)]
+    proj = project(tmp_path, *ideas, train=train)
+    proj.run("--max-trials", "0", timeout=60)  # the baseline, before the runs start to wait
+    hold.touch()
+    proc = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "3", "--slots", "2"], cwd=proj.dir,
+                            env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while len([r for r in _safe_runs(proj) if r["status"] == "running"]) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    pids = [int((proj.state() / "runs" / str(n) / "pid").read_text()) for n in (1, 2) if _wait_file(proj, n)]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted: the ledger is consistent" in err
+    assert all(not _alive(pid) for pid in pids)
+    assert [r["status"] for r in proj.ledger()][1:] == ["running", "running"]
+    hold.unlink()
+    proj.run("--max-trials", "3", "--slots", "2", timeout=120)
+    rows = check_consistent(proj)
+    assert [r["n"] for r in rows] == [0, 1, 2, 3]
+    assert {r["status"] for r in runs(proj) if r["trial"] in (1, 2)} >= {"interrupted", "ok"}
+
+
+def _safe_runs(proj: Project) -> list[dict]:
+    try:
+        return runs(proj)
+    except Exception:  # the ledger may not exist yet
+        return []
+
+
+def _wait_file(proj: Project, n: int) -> bool:
+    path = proj.state() / "runs" / str(n) / "pid"
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status not in ("Z", "X")
