@@ -216,3 +216,34 @@ def test_a_scratchpad_in_a_directory_that_does_not_exist_yet(tmp_path: Path) -> 
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr  # before the fix: FileNotFoundError
     assert [r["status"] for r in proj.ledger()] == ["baseline", "keep"]
     assert proj.git("show", "nightlab/t:notes/scratchpad.md").startswith("# Scratchpad")
+
+
+def test_a_tag_whose_branch_was_deleted_resumes_from_the_best_trial(tmp_path: Path) -> None:
+    proj = make_project(tmp_path, ideas=[*IDEAS, idea("lower LR", sub("LR = 0.3", "LR = 0.25"))])
+    proj.run("--max-trials", "1")
+    best = proj.trial(1)["commit_sha"]
+    proj.git("worktree", "remove", "--force", str(proj.worktree()))
+    proj.git("branch", "-D", "nightlab/t")
+    proc = proj.run("--max-trials", "2")  # before: "branch nightlab/t is missing; cannot resume"
+    assert "branch nightlab/t was missing: made again at the best trial's commit" in proc.stderr
+    rows = proj.ledger()
+    assert [r["status"] for r in rows] == ["baseline", "keep", "keep"] and rows[2]["parent"] == best
+    assert proj.git("rev-parse", "nightlab/t") == rows[2]["commit_sha"]
+
+
+def test_nightlab_run_from_inside_a_tags_worktree_finds_the_project(tmp_path: Path) -> None:
+    proj = make_project(tmp_path, ideas=IDEAS)
+    proj.run("--max-trials", "1")
+    status = proj.nl("status", "--tag", "t", "--json", cwd=proj.worktree())
+    assert status.returncode == 0, status.stderr  # before: "no ledger" (the worktree's copy was taken as the project)
+    assert '"trials": 1' in status.stdout
+    assert not (proj.worktree() / ".nightlab").exists()
+
+
+def test_trial_takes_a_budget(tmp_path: Path) -> None:
+    proj = make_project(tmp_path, train='import os\nprint("val_loss:", os.environ["NIGHTLAB_BUDGET_S"])\n'
+                        'print("peak_memory_gb: 0.1")\n')
+    proc = proj.nl("trial", "--budget", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert "val_loss: 7" in proc.stdout
+    assert "--budget" in one_line_error(proj.nl("trial", "--budget", "1000"))  # past timeout_s: refused, one line

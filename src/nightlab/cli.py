@@ -187,11 +187,14 @@ def _print_event(event: str, rec: TrialRecord) -> None:
 @app.command()
 def trial(config_path: ConfigOpt = None,
           record: Annotated[bool, typer.Option("--record", help="Keep the run's outputs under .nightlab/manual/.")] = False,
-          sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend.")] = None) -> None:
+          sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend.")] = None,
+          budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+          ) -> None:
     """Run the current working tree once, like the seed's run.sh, and print its metrics."""
     cfg = _load(config_path)
-    if sandbox:
-        config.override(cfg, "sandbox.backend", sandbox, "--sandbox")
+    for key, value, flag in (("sandbox.backend", sandbox, "--sandbox"), ("run.budget_s", budget, "--budget")):
+        if value is not None:
+            config.override(cfg, key, value, flag)
     from nightlab.session import run_once
 
     keep_dir = project.state_dir(cfg, "manual") if record else None

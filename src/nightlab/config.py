@@ -183,6 +183,8 @@ class Config(Section):
 
 def find_config(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()
+    if ".nightlab" in here.parts:  # inside a tag's worktree: its nightlab.toml is a copy; the project is above
+        here = Path(*here.parts[:here.parts.index(".nightlab")])
     for d in [here, *here.parents]:
         if (d / CONFIG_NAME).is_file():
             return d / CONFIG_NAME

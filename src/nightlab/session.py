@@ -16,7 +16,7 @@ from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunSpec
+from nightlab.types import RunSpec, Status
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
@@ -48,7 +48,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
 def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor: Executor, limits: Limits,
          notify: Callable[[str, TrialRecord], None]) -> str:
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
-    ws.open(fresh=fresh)
+    ws.open(fresh=fresh, best="" if fresh else _best_commit(state))
     ws.link_data(project.visible_data(cfg))
     ledger = Ledger(state / "ledger.sqlite")
     try:
@@ -65,6 +65,15 @@ def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor
         return loop.run(limits)
     finally:
         ledger.close()
+
+
+def _best_commit(state: Path) -> str:
+    ledger = Ledger(state / "ledger.sqlite")
+    try:
+        kept = [t for t in ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
+    finally:
+        ledger.close()
+    return kept[-1].commit_sha if kept else ""
 
 
 def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab.errors import EditRejected, NightlabError, UsageError
+
+log = logging.getLogger(__name__)
 
 # Used only when neither the repository nor the user names anyone, so commits never fail.
 IDENTITY = {"GIT_AUTHOR_NAME": "nightlab", "GIT_AUTHOR_EMAIL": "nightlab@localhost"}
@@ -104,8 +107,9 @@ class Workspace:
         return git(*args, cwd=self.dir, check=check, env=self._env)
 
     # -- setup -------------------------------------------------------------------------------
-    def open(self, fresh: bool) -> None:
-        """Create the branch and worktree (fresh) or reattach to them (resume)."""
+    def open(self, fresh: bool, best: str = "") -> None:
+        """Create the branch and worktree (fresh) or reattach to them (resume; a deleted branch is made again at
+        `best`, the ledger's best commit, which its trial ref keeps reachable)."""
         ignore_state_dir(self.root)
         exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
         if fresh:
@@ -118,7 +122,12 @@ class Workspace:
                 raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
             git("branch", self.branch, "HEAD", cwd=self.repo)
         elif not exists:
-            raise UsageError(f"branch {self.branch} is missing; cannot resume tag {self.tag!r}")
+            if not best or not git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=self.repo, check=False):
+                raise UsageError(f"branch {self.branch} is missing and the ledger's best commit is gone; "
+                                 f"cannot resume tag {self.tag!r}")
+            log.warning("branch %s was missing: made again at the best trial's commit %s", self.branch, best[:7])
+            git("worktree", "prune", cwd=self.repo)
+            git("branch", self.branch, best, cwd=self.repo)
         if (self.tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
             git("worktree", "repair", str(self.tree), cwd=self.repo, check=False)
         else:
