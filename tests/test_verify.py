@@ -177,3 +177,33 @@ def test_a_kept_change_that_a_later_one_rewrote_cannot_be_ablated(tmp_path) -> N
     assert rows["without trial 1: bonus 0.2"]["note"] == "cannot be taken out cleanly (later changes overlap)"
     assert rows["without trial 1: bonus 0.2"]["effect"] is None
     assert rows["without trial 2: bonus 0.5"]["effect"] == pytest.approx(0.3)  # back to bonus 0.2: 0.84 vs 0.54
+
+
+def test_verify_killed_halfway_leaves_the_branch_at_the_best(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from nlkit import CLI
+
+    hold = tmp_path / "hold"  # verify's runs wait while it exists; the search's runs ran before it did
+    train = SPLIT_TRAIN.replace('print("step 1/1: done")', f'''import time
+while os.path.exists({str(hold)!r}):
+    time.sleep(0.05)
+print("step 1/1: done")''', 1)
+    proj = searched(tmp_path, train=train)
+    best = proj.git("rev-parse", "nightlab/t")
+    hold.touch()
+    proc = subprocess.Popen([*CLI, "verify", "--tag", "t", "--seeds", "2"], cwd=proj.dir, env=proj.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((proj.state() / "verify").rglob("run.log")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-way through the baseline's first verify run
+    proc.wait()
+    hold.unlink()
+    assert proj.git("rev-parse", "nightlab/t") == best  # before: left at the baseline's commit
+    assert proj.git("-C", str(proj.worktree()), "rev-parse", "HEAD") == best
+    proj.nl("verify", "--tag", "t", "--seeds", "2", timeout=120).check_returncode()  # and verify runs again

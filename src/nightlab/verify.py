@@ -85,19 +85,18 @@ class Verifier:
         self.visible = project.visible_data(cfg)
 
     def run(self) -> list[Row]:
-        self.ws.open(fresh=False)
+        self.ws.open(fresh=False, best=self.best.commit_sha)
         self.ws.link_data(self.visible)
+        # A worktree of its own: the branch stays at the best even if verify is killed halfway.
+        self.ws = self.ws.spare("verify")
         rows: list[Row] = []
-        try:
-            base_runs, best_runs, note = self._pair("val", self.cfg, {})
-            rows.append(self._row("val", f"{self.cfg.metric.name}: best vs baseline", self.best, base_runs, best_runs,
-                                  note))
-            if self.opts.ablate:
-                rows += [self._ablate(t, best_runs) for t in self.kept]
-            if self.opts.test:
-                rows.append(self._test())
-        finally:
-            self.ws.reset(self.best.commit_sha)
+        base_runs, best_runs, note = self._pair("val", self.cfg, {})
+        rows.append(self._row("val", f"{self.cfg.metric.name}: best vs baseline", self.best, base_runs, best_runs,
+                              note))
+        if self.opts.ablate:
+            rows += [self._ablate(t, best_runs) for t in self.kept]
+        if self.opts.test:
+            rows.append(self._test())
         self._store(rows)
         return rows
 

@@ -92,7 +92,7 @@ class Workspace:
     editable: list[str]
     scratchpad: str
 
-    slot: int | None = None  # None: the branch's worktree; i: a detached worktree for parallel trials
+    slot: int | str | None = None  # None: the branch's worktree; else a detached one (parallel trials, verify)
 
     def __post_init__(self) -> None:
         self.repo = toplevel(self.root)
@@ -142,7 +142,7 @@ class Workspace:
                     git("branch", "-D", self.branch, cwd=self.repo, check=False)
                 raise
 
-    def spare(self, slot: int) -> "Workspace":
+    def spare(self, slot: int | str) -> "Workspace":
         """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
         other = Workspace(self.root, self.tag, self.editable, self.scratchpad, slot)
         if (other.tree / ".git").exists():
