@@ -10,14 +10,13 @@ again from scratch, at most MAX_REBASES times; a change that no longer applies i
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import metrics, program
@@ -26,6 +25,7 @@ from nightlab.config import Config
 from nightlab.decide import Verdict, decide, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
+from nightlab.flight import Flight, Worktrees, in_thread, raise_in
 from nightlab.ledger import RUNNING, Ledger, TrialRecord, write_tsv
 from nightlab.sandbox import passthrough
 from nightlab.sandbox.options import spec_fields
@@ -42,21 +42,6 @@ class Limits:
     hours: float | None = None  # wall-clock hours for this invocation
 
 
-@dataclass
-class Flight:
-    """A trial in flight: its record, its worktree, and the bookkeeping of its runs."""
-
-    rec: TrialRecord
-    ws: Workspace | None = None
-    pending: int = 0  # runs to start (the baseline starts all its noise runs at once)
-    running: int = 0
-    next_k: int = 0  # run index; keeps growing across rebases, so no run directory is reused
-    retry: list[int] = field(default_factory=list)  # lost runs to start again
-    lost: dict[int, int] = field(default_factory=dict)
-    rebases: int = 0
-    proposal: Future | None = None
-
-
 class Loop:
     def __init__(self, cfg: Config, ws: Workspace, ledger: Ledger, agent: Agent, executor: Executor,
                  state_dir: Path, notify: Callable[[str, TrialRecord], None] = lambda event, rec: None,
@@ -71,8 +56,7 @@ class Loop:
         self.ready: deque[Flight] = deque()  # flights with runs to start, in order
         self.jobs: dict[Future, tuple[Flight, Job, int]] = {}
         self.free_slots = list(range(executor.slots))
-        self.idle_ws: list[Workspace] = [ws] if self.capacity == 1 else []
-        self.made_ws = 0
+        self.worktrees = Worktrees(ws, self.capacity)
         self.seen_jobs: set[str] = set()
         self.failures = 0
         self.stop: str | None = None
@@ -99,7 +83,7 @@ class Loop:
             self._abandon()
 
     def _propose_more(self, limits: Limits, start: float) -> None:
-        while self.stop is None and len(self.flights) < self.capacity and self._has_ws():
+        while self.stop is None and len(self.flights) < self.capacity and self.worktrees.available():
             self.stop = self._limit(limits, start)
             if self.stop is None:
                 self._start_proposal()
@@ -136,7 +120,7 @@ class Loop:
         best = self.best()
         trials = self.ledger.trials()
         n = trials[-1].n + 1
-        ws = self._take_ws()
+        ws = self.worktrees.take()
         rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n)
         ws.reset(best.commit_sha)
         program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
@@ -155,7 +139,7 @@ class Loop:
                 fut.set_exception(e)
             self._proposed(flight, fut)
         else:
-            flight.proposal = _in_thread(self._make, flight, brief)
+            flight.proposal = in_thread(self._make, flight, brief)
 
     def _make(self, flight: Flight, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
@@ -205,7 +189,7 @@ class Loop:
         for flight in list(self.ready):
             while (flight.pending or flight.retry) and self.free_slots and flight.rec.n in self.flights:
                 if flight.ws is None:
-                    flight.ws = self._take_ws()
+                    flight.ws = self.worktrees.take()
                     if flight.ws is None:
                         break  # a resumed trial waiting for a worktree
                 if flight.running == 0 and not flight.rec.runs and not self._on_best(flight):
@@ -332,8 +316,7 @@ class Loop:
         rec = TrialRecord(n=0, description="baseline", commit_sha=self.ws.head(), seed=0,
                           phase=first.label if first else "")
         self.ws.reset(rec.commit_sha)
-        if self.capacity == 1:
-            self.idle_ws.remove(self.ws)
+        self.worktrees.claim(self.ws)
         self.ledger.save(rec)
         flight = self.flights[0] = Flight(rec, self.ws, pending=self.cfg.keep.noise_runs)
         self.ready.append(flight)
@@ -406,28 +389,16 @@ class Loop:
             self.executor.cancel(job.id)
         for flight in self.flights.values():
             if flight.proposal is not None and not flight.proposal.done():
-                _raise_in(flight.proposal, KeyboardInterrupt)
+                raise_in(flight.proposal, KeyboardInterrupt)
 
     def _requeue(self, flight: Flight) -> None:
         """Runs a trial already holding a worktree needs go before new trials."""
         if flight not in self.ready:
             self.ready.appendleft(flight)
 
-    def _has_ws(self) -> bool:
-        return bool(self.idle_ws) or (self.capacity > 1 and self.made_ws < self.capacity)
-
-    def _take_ws(self) -> Workspace | None:
-        if self.idle_ws:
-            return self.idle_ws.pop()
-        if self.capacity > 1 and self.made_ws < self.capacity:
-            self.made_ws += 1
-            return self.ws.spare(self.made_ws - 1)
-        return None
-
     def _release(self, flight: Flight) -> None:
         self.flights.pop(flight.rec.n, None)
-        if flight.ws is not None and (flight.ws is not self.ws or self.capacity == 1):
-            self.idle_ws.append(flight.ws)
+        self.worktrees.give_back(flight.ws)
 
     def best_or_none(self) -> TrialRecord | None:
         done = [t for t in self.ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
@@ -455,25 +426,3 @@ class Loop:
         if last and last.status in (Status.CRASH, Status.TIMEOUT):
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""
-
-
-def _in_thread(fn: Callable, *args: object) -> Future:
-    """Run `fn` in a daemon thread (an agent stuck in a call must not keep nightlab from exiting)."""
-    fut: Future = Future()
-
-    def work() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as e:  # handed to the main thread, which re-raises what it does not expect
-            fut.set_exception(e)
-
-    thread = threading.Thread(target=work, daemon=True, name="nightlab-agent")
-    fut.thread = thread  # type: ignore[attr-defined]
-    thread.start()
-    return fut
-
-
-def _raise_in(fut: Future, exc: type[BaseException]) -> None:
-    thread = getattr(fut, "thread", None)
-    if thread is not None and thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
