@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, Project, idea, make_project, one_line_error, sub
+from nlkit import CLI, Project, content, idea, make_project, one_line_error, sub
 
 TRAIN = '''"""A tiny training script whose runs take SLEEP seconds (or wait while HOLD exists)."""
 import os
@@ -192,3 +192,20 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
     return status not in ("Z", "X")
+
+
+def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path: Path) -> None:
+    def note(text: str) -> dict:
+        return content(f"# notes\n{text}\n", "scratchpad.md")
+
+    proj = project(
+        tmp_path,
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5"), note("LR 0.3: the optimum?")),
+        idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1"), note("a bonus helps")),
+    )
+    proj.run("--max-trials", "2", "--pipeline", timeout=120)
+    rows = check_consistent(proj)
+    assert [r["status"] for r in rows] == ["baseline", "keep", "keep"]
+    assert rows[2]["reason"] == "rebased onto trial 1"  # before: stale, both trials rewrote the scratchpad
+    notes = proj.git("show", "nightlab/t:scratchpad.md")
+    assert "LR 0.3: the optimum?" in notes and "a bonus helps" in notes

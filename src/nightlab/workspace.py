@@ -239,8 +239,11 @@ class Workspace:
     def rebase(self, commit: str, onto: str) -> str | None:
         """`commit`'s change re-applied on `onto` (same message); None when it conflicts or leaves no change."""
         self.reset(onto)
+        # Notes never conflict: both sides' lines are kept (git's built-in union merge, for the scratchpad only).
+        attributes = self.root / ".nightlab" / self.tag / "rebase.gitattributes"
+        attributes.write_text(f"/{(self.sub / self.scratchpad).as_posix()} merge=union\n")
         try:
-            self._git("-c", NO_HOOKS, "cherry-pick", "--no-commit", commit)
+            self._git("-c", NO_HOOKS, "-c", f"core.attributesFile={attributes}", "cherry-pick", "--no-commit", commit)
         except NightlabError:  # a conflict: the two changes touch the same lines
             self._git("cherry-pick", "--abort", check=False)
             self.reset(onto)
