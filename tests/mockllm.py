@@ -69,11 +69,13 @@ class Request:
 class MockLLM(LoopbackServer):
     """`with MockLLM([...]) as m:` serves on `m.url`; `m.requests` holds what clients sent."""
 
-    def __init__(self, script: list[Reply] | dict[str, list[Reply]], errors: list[int] | None = None) -> None:
+    def __init__(self, script: list[Reply] | dict[str, list[Reply]], errors: list[int] | None = None,
+                 delay: float = 0.0) -> None:
         # A dict holds one script per conversation, chosen by a marker the request contains (e.g. the
         # brief's "# Trial 2:" heading), since each trial is a fresh conversation starting at step 0.
         self.scripts = script if isinstance(script, dict) else {"": script}
         self.errors = list(errors or [])
+        self.delay = delay  # seconds each reply takes, as a model thinking would
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.serve(_handler(self))
@@ -250,6 +252,7 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
                 error = mock.errors.pop(0) if mock.errors else None
             if error:
                 return self._error(error)
+            time.sleep(mock.delay)
             reply = mock.reply_for(raw.decode(), step)
             model, stream = body.get("model", "mock-model"), bool(body.get("stream"))
             if path.endswith("/v1/messages"):

@@ -147,3 +147,21 @@ def test_the_sdks_own_base_url_variable_is_honoured(new_project) -> None:
         proj.run("--max-trials", "1")
     assert proj.trial(1)["status"] == "keep"
     assert mock.requests[0].body["model"] == "gpt-5" and "max_tokens" in mock.requests[0].body
+
+
+def test_with_two_slots_the_api_agent_works_on_two_trials_at_once(new_project) -> None:
+    def trial(old: str, new: str) -> list:
+        return [tools(call("edit_file", path="train.py", old=old, new=new)),
+                tools(call("finish", description=f"{old} → {new}", hypothesis="h"))]
+
+    script = {"# Trial 1:": trial("LR = 0.1", "LR = 0.3"), "# Trial 2:": trial("BONUS = 0.0", "BONUS = 0.5")}
+    with MockLLM(script, delay=0.5) as mock:
+        proj = api_project(new_project, "anthropic", mock, "ANTHROPIC_API_KEY")
+        proj.run("--max-trials", "2", "--slots", "2")
+    which = [1 if "# Trial 1:" in str(r.body) else 2 for r in mock.requests]
+    assert which[:2] in ([1, 2], [2, 1])  # both conversations began before either had its second reply
+    # Whichever ended first was kept; the other beat the baseline too, but changed a line next to the
+    # kept one's, so it could not be re-applied to the new best: discarded as stale, never kept unmeasured.
+    kept, other = sorted(proj.ledger()[1:], key=lambda r: r["status"] != "keep")
+    assert kept["status"] == "keep" and other["status"] == "discard"
+    assert other["reason"].startswith("stale: its change no longer applies")

@@ -187,6 +187,7 @@ class ToolLoopAgent:
     cfg: Config
     model: str
     chat_class: type
+    concurrent = True  # each proposal is its own conversation over its own worktree: slots may ask at once
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal:
         tools = FileTools(workspace, brief.editable, self.cfg.project.scratchpad)
