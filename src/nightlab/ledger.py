@@ -172,7 +172,7 @@ class Ledger:
                             (time.time(), RUNNING))
 
 
-TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason"]
+TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware"]
 
 
 def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
@@ -183,7 +183,7 @@ def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
         mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
         cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
                  str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-                 ",".join(_num(r) for r in t.runs), t.reason]
+                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or ""]
         lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
