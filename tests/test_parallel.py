@@ -142,7 +142,8 @@ def test_each_slot_gets_its_own_gpus(tmp_path: Path) -> None:
     assert "3 slots × gpus_per_trial 2 needs 6 GPUs, but 4 are available" in one_line_error(proc)
 
 
-def test_ctrl_c_with_two_trials_in_flight_stops_both_and_resume_counts_each_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_stopped_with_two_trials_in_flight_both_runs_die_and_resume_counts_each_once(tmp_path: Path, sig) -> None:
     hold = tmp_path / "hold"
     train = TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"')
     ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12)]
@@ -157,10 +158,14 @@ def test_ctrl_c_with_two_trials_in_flight_stops_both_and_resume_counts_each_once
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     pids = [int((proj.state() / "runs" / str(n) / "pid").read_text()) for n in (1, 2) if _wait_file(proj, n)]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
-    assert "interrupted: the ledger is consistent" in err
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "interrupted: the ledger is consistent" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        time.sleep(0.5)  # PR_SET_PDEATHSIG is delivered as the process's threads exit
     assert all(not _alive(pid) for pid in pids)
     assert [r["status"] for r in proj.ledger()][1:] == ["running", "running"]
     hold.unlink()
