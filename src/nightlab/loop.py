@@ -34,6 +34,7 @@ from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
 LOST_RETRIES = 1  # a run the infrastructure lost is run once more before the trial counts as lost
+PROPOSAL_FILES = ("brief.md", "agent.log", "diff.patch")  # in runs/<n>/ beside run 0's own files
 
 
 @dataclass
@@ -219,9 +220,10 @@ class Loop:
         attempt = flight.lost.get(k, 0)
         slot = self.free_slots.pop(0)
         run_dir = self.run_dir(rec.n, k)
-        if attempt:
-            shutil.rmtree(run_dir, ignore_errors=True)  # what the lost attempt left
-            run_dir.mkdir(parents=True)
+        if attempt:  # what the lost attempt left (run 0 shares its directory with the proposal and later runs)
+            for entry in run_dir.iterdir():
+                if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         spec = RunSpec(command=self.cfg.run.command, cwd=flight.ws.dir, run_dir=run_dir,
                        budget_s=self.cfg.run.budget_s, timeout_s=self.cfg.run.timeout_s, seed=rec.seed + k,
                        trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s, **spec_fields(self.cfg, flight.ws.dir))
