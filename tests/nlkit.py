@@ -165,6 +165,17 @@ def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]]):
     return nl
 
 
+def one_optuna_trial(nl) -> list[dict]:
+    """`nightlab run --max-trials 1` (a baseline, then one optuna trial) through `nl` from example_cli,
+    at a budget of 8 s; checks the two ledger rows every example must produce and returns the ledger."""
+    nl("run", "--tag", "t", "--max-trials", "1", "--budget", "8")
+    log = json.loads(nl("log", "--tag", "t", "--json").stdout)
+    assert [t["n"] for t in log] == [0, 1] and log[0]["status"] == "baseline"
+    assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
+    assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
+    return log
+
+
 @dataclass
 class Project:
     """A tiny nightlab project: a git repo with one commit, run through the real CLI."""

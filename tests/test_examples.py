@@ -8,7 +8,6 @@ CLI at a budget of a few seconds (`nightlab trial`, then a baseline and one optu
 from __future__ import annotations
 
 import hashlib
-import json
 import lzma
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, ROOT, git, isolated_env
+from nlkit import ROOT, example_cli, one_optuna_trial
 
 TINYLM = ROOT / "examples" / "tinylm"
 CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"  # as build_corpus.py printed it
@@ -87,36 +86,16 @@ def test_nightlab_never_imports_torch() -> None:
 @pytest.mark.slow
 def test_tinylm_trains_through_the_cli(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    env = isolated_env(tmp_path / "home") | {"COLUMNS": "200"}
     dest = tmp_path / "tinylm"
-
-    def nl(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*CLI, *args], cwd=dest if dest.exists() else tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"nightlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    nl("init", str(dest), "--example", "tinylm")
-    toml = (dest / "nightlab.toml").read_text()
-    for old, new in [("budget_s = 60", "budget_s = 8"), ("noise_runs = 3", "noise_runs = 1")]:
-        assert old in toml
-        toml = toml.replace(old, new)
-    (dest / "nightlab.toml").write_text(toml)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a quick config", cwd=dest, env=env)
+    nl = example_cli(tmp_path, "tinylm", [("budget_s = 60", "budget_s = 8"), ("noise_runs = 3", "noise_runs = 1")])
     nl("prepare")
     assert {name: sha256(dest / "data" / f"{name}.bin") for name in SPLIT_SHA256} == SPLIT_SHA256
 
     out = nl("trial").stdout
     assert "val_bpb" in out and "num_steps" in out
 
-    nl("run", "--tag", "t", "--max-trials", "1", "--budget", "8")
-    log = json.loads(nl("log", "--tag", "t", "--json").stdout)
-    assert [t["n"] for t in log] == [0, 1]
-    base = log[0]
-    assert base["status"] == "baseline"
+    base = one_optuna_trial(nl)[0]
     # a few seconds of training (a handful of warm-up steps on a busy machine): far from converged,
     # and near uniform (8 bits per byte), but a real, finite bits-per-byte
     assert 2.0 < base["metric"] < 9.0
     assert base["metrics"]["num_steps"] >= 1 and base["metrics"]["num_params_M"] > 0.5
-    assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
-    assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
