@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from nightlab import config
-from nightlab.ledger import Ledger
 from nightlab.session import run_session
 from nightlab.types import Brief, Proposal, Status
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import make_project  # noqa: E402  (the same no-op project, with its own train.py below)
+from overhead import sleep_project, trial_phase  # noqa: E402  (the no-op project, its runs sleeping)
 
 AGENT_SECONDS = 3.0
 
@@ -50,23 +48,14 @@ def measure(run_s: float, n: int, pipeline: bool) -> tuple[float, float, float]:
     """Of n trials after the baseline: duty from the first proposal, duty from the first run, wall seconds."""
     with tempfile.TemporaryDirectory(prefix="nightlab-duty-") as tmp:
         root = Path(tmp)
-        make_project(root, 0)
-        (root / "train.py").write_text(f"import time\nSTEP = 0\ntime.sleep({run_s})\nprint('val_loss: 1.0')\n")
-        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "sleep"], cwd=root,
-                       check=True)
+        sleep_project(root, run_s, 0)
         cfg = config.load(root / "nightlab.toml")
         config.override(cfg, "sandbox.backend", "process", "--sandbox")
         config.override(cfg, "agent.name", "__main__:SleepyAgent", "--agent")
         config.override(cfg, "executor.pipeline", pipeline, "--pipeline")
         config.override(cfg, "run.timeout_s", run_s * 3 + 30, "--timeout")
         run_session(cfg, "duty", n, None, lambda event, rec: None)
-        ledger = Ledger(root / ".nightlab" / "duty" / "ledger.sqlite")
-        try:
-            trials = [t for t in ledger.trials() if t.n > 0]
-            runs = [r for r in ledger.runs() if r["trial"] > 0]
-        finally:
-            ledger.close()
-        wall = max(t.finished for t in trials) - min(t.started for t in trials)
+        _, runs, wall = trial_phase(root, "duty")
         busy = sum(r["finished"] - r["started"] for r in runs)
         steady = max(r["finished"] for r in runs) - min(r["started"] for r in runs)
         return busy / wall, busy / steady, wall

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from nightlab import config
-from nightlab.ledger import TrialRecord
+from nightlab.ledger import Ledger, TrialRecord
 from nightlab.session import run_session
 
 CONFIG = """
@@ -44,6 +44,25 @@ def make_project(root: Path, n: int) -> None:
     (root / "ideas.toml").write_text("\n".join(ideas))
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "init"]):
         subprocess.run(["git", *cmd], cwd=root, check=True)
+
+
+def sleep_project(root: Path, sleep_s: float, n: int) -> None:
+    """make_project, with a train.py whose run sleeps `sleep_s` seconds (for duty_cycle.py and scaling.py)."""
+    make_project(root, n)
+    (root / "train.py").write_text(f"import time\nSTEP = 0\ntime.sleep({sleep_s})\nprint('val_loss: 1.0')\n")
+    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "sleep"], cwd=root,
+                   check=True)
+
+
+def trial_phase(root: Path, tag: str) -> tuple[list[TrialRecord], list[dict], float]:
+    """The trials after the baseline, their runs, and the phase's wall seconds (first trial start → last end)."""
+    ledger = Ledger(root / ".nightlab" / tag / "ledger.sqlite")
+    try:
+        trials = [t for t in ledger.trials() if t.n > 0]
+        runs = [r for r in ledger.runs() if r["trial"] > 0]
+    finally:
+        ledger.close()
+    return trials, runs, max(t.finished for t in trials) - min(t.started for t in trials)
 
 
 def main() -> None:

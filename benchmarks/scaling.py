@@ -18,10 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nightlab.ledger import Ledger
-
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import make_project  # noqa: E402  (the no-op project and its STEP ideas; train.py replaced below)
+from overhead import sleep_project, trial_phase  # noqa: E402  (the no-op project, its runs sleeping)
 
 CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
 
@@ -30,23 +28,14 @@ def trials_per_hour(executor: str, slots: int, sleep_s: float, trials: int, sand
     """Trials per hour of the trial phase, and how many runs it took (more than `trials` means retries)."""
     with tempfile.TemporaryDirectory(prefix="nightlab-scaling-") as tmp:
         root = Path(tmp)
-        make_project(root, trials)
-        (root / "train.py").write_text(f"import time\nSTEP = 0\ntime.sleep({sleep_s})\nprint('val_loss: 1.0')\n")
-        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "sleep"], cwd=root,
-                       check=True)
+        sleep_project(root, sleep_s, trials)
         proc = subprocess.run([*CLI, "run", "--tag", "scale", "--executor", executor, "--slots", str(slots),
                                "--max-trials", str(trials), "--sandbox", sandbox], cwd=root, capture_output=True,
                               text=True, timeout=600)
         if proc.returncode != 0:
             raise SystemExit(f"nightlab run failed ({executor}, {slots} slots):\n{proc.stdout}\n{proc.stderr}")
-        ledger = Ledger(root / ".nightlab" / "scale" / "ledger.sqlite")
-        try:
-            done = [t for t in ledger.trials() if t.n > 0]
-            runs = [r for r in ledger.runs() if r["trial"] > 0]
-        finally:
-            ledger.close()
+        done, runs, wall = trial_phase(root, "scale")
         assert len(done) == trials and all(t.status == "discard" for t in done), [t.status for t in done]
-        wall = max(t.finished for t in done) - min(t.started for t in done)
         return len(done) * 3600 / wall, len(runs)
 
 
