@@ -214,3 +214,22 @@ def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path
     assert rows[2]["reason"] == "rebased onto trial 1"  # before: stale, both trials rewrote the scratchpad
     notes = proj.git("show", "nightlab/t:scratchpad.md")
     assert "LR 0.3: the optimum?" in notes and "a bonus helps" in notes
+
+
+def test_optuna_in_parallel_writes_its_point_again_on_the_new_best_instead_of_going_stale(tmp_path: Path) -> None:
+    # Every optuna proposal rewrites the same constant lines, so a cherry-picked change would always conflict.
+    search = {"LR": {"low": 0.05, "high": 0.5}, "BONUS": {"low": 0.0, "high": 0.2}, "SLEEP": {"choices": [0.4]}}
+    proj = project(tmp_path, config={"agent": {"name": "optuna", "search": search}})
+    proj.run("--max-trials", "6", "--slots", "2", "--pipeline", timeout=180)
+    rows = check_consistent(proj)
+    assert not [r for r in rows if r["reason"].startswith("stale")]
+    rebased = [r for r in rows if r["reason"].startswith("rebased onto trial")]
+    assert rebased, [(r["n"], r["status"], r["reason"]) for r in rows]
+    for r in rebased:
+        m = int(r["reason"].rsplit(" ", 1)[1])
+        assert r["parent"] == rows[m]["commit_sha"]
+        point = dict(line.strip().split(" = ") for line in (proj.state() / "runs" / str(r["n"]) / "agent.log")
+                     .read_text().splitlines()[1:] if " = " in line)
+        source = proj.git("show", f"{r['commit_sha']}:train.py")
+        for name in ("LR", "BONUS"):  # the trial's own point, written onto the new best
+            assert f"{name} = {point[name]}\n" in source, (name, point, source)

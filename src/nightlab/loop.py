@@ -29,7 +29,7 @@ from nightlab.flight import Flight, Worktrees, in_thread, raise_in
 from nightlab.ledger import RUNNING, Ledger, TrialRecord, write_tsv
 from nightlab.sandbox import passthrough
 from nightlab.sandbox.options import spec_fields
-from nightlab.types import Brief, RunOutcome, RunSpec, Status
+from nightlab.types import Brief, Proposal, RunOutcome, RunSpec, Status
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -145,11 +145,7 @@ class Loop:
     def _make(self, flight: Flight, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
         rec, ws, out = flight.rec, flight.ws, self.run_dir(flight.rec.n)
-        if self.agent_lock is not None:
-            with self.agent_lock:
-                proposal = self.agent.propose(ws.dir, brief)
-        else:
-            proposal = self.agent.propose(ws.dir, brief)
+        proposal = self._ask(ws, brief)
         (out / "agent.log").write_text(proposal.transcript)
         first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
         rec.description, rec.hypothesis = first[:400], proposal.hypothesis
@@ -157,6 +153,12 @@ class Loop:
         (out / "diff.patch").write_text(ws.diff())
         files = ws.verify_edits()
         rec.commit_sha = ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", files)
+
+    def _ask(self, ws: Workspace, brief: Brief) -> Proposal:
+        if self.agent_lock is None:
+            return self.agent.propose(ws.dir, brief)
+        with self.agent_lock:
+            return self.agent.propose(ws.dir, brief)
 
     def _proposed(self, flight: Flight, fut: Future) -> None:
         flight.proposal = None
@@ -297,7 +299,7 @@ class Loop:
     def _rebase(self, flight: Flight) -> bool:
         """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""
         rec, best = flight.rec, self.best()
-        new = None if flight.rebases >= MAX_REBASES else flight.ws.rebase(rec.commit_sha, best.commit_sha)
+        new = None if flight.rebases >= MAX_REBASES else self._reapply(flight, best)
         if new is None:
             why = ("the best moved on while it ran" if flight.rebases >= MAX_REBASES
                    else "its change no longer applies to the best")
@@ -312,6 +314,26 @@ class Loop:
         self.ledger.save(rec)
         self.notify("rebase", rec)
         return True
+
+    def _reapply(self, flight: Flight, best: TrialRecord) -> str | None:
+        """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already).
+
+        An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not
+        a diff) is asked again on the new best; any other trial's commit is cherry-picked.
+        """
+        rec, ws = flight.rec, flight.ws
+        if not getattr(self.agent, "reproposes", False):
+            return ws.rebase(rec.commit_sha, best.commit_sha)
+        ws.reset(best.commit_sha)
+        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "")
+        try:
+            proposal = self._ask(ws, brief)
+            files = ws.verify_edits()
+        except (AgentFailed, EditRejected):
+            ws.reset(best.commit_sha)
+            return None
+        rec.description = (proposal.description.strip().splitlines() or [rec.description])[0][:400]  # vs the new best
+        return ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", files)
 
     def _start_baseline(self) -> None:
         first = program.current_phase(program.read_program(self.cfg)[1], [], self.cfg)

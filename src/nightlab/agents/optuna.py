@@ -42,6 +42,9 @@ class OptunaAgent:
     # Proposals may overlap with other trials' runs and outcomes (parallel slots): one lock guards the study,
     # and the constant-liar sampler keeps asks from landing next to points still in flight.
     concurrent = True
+    # A trial's point is absolute values: when the best moves on, the loop asks again for the same trial and
+    # gets the same point written onto the new best (not a cherry-picked diff, which would conflict).
+    reproposes = True
 
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.lock = threading.RLock()
