@@ -7,8 +7,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from nightlab.config import Config
+from nightlab.executors import Job
 from nightlab.ledger import TrialRecord
+from nightlab.sandbox.options import spec_fields
+from nightlab.types import RunSpec
 from nightlab.workspace import Workspace
 
 
@@ -54,6 +59,16 @@ class Worktrees:
     def give_back(self, ws: Workspace | None) -> None:
         if ws is not None and (ws is not self.branch or self.size == 1):
             self.idle.append(ws)
+
+
+def job_for(cfg: Config, env: dict[str, str], flight: Flight, run_dir: Path, k: int, slot: int, id: str) -> Job:
+    """Run k of the trial's commit as its worktree holds it, with the editable files by value for remote workers."""
+    rec, here = flight.rec, flight.ws.dir
+    spec = RunSpec(command=cfg.run.command, cwd=here, run_dir=run_dir, budget_s=cfg.run.budget_s,
+                   timeout_s=cfg.run.timeout_s, seed=rec.seed + k, trial=rec.n, env=env, grace_s=cfg.run.grace_s,
+                   **spec_fields(cfg, here))
+    files = {f: (here / f).read_bytes() for f in cfg.project.editable if (here / f).is_file()}
+    return Job(id=id, spec=spec, slot=slot, files=files)
 
 
 def in_thread(fn: Callable, *args: object) -> Future:

@@ -1,4 +1,4 @@
-"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv export."""
+"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv and commit messages."""
 
 from __future__ import annotations
 
@@ -192,3 +192,16 @@ def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
 
 def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.6g}"
+
+
+def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, metric_name: str) -> str:
+    """A finished trial's commit message (DESIGN §5): its result against the best before it, and how it ended."""
+    pm = f" ± {noise:.5g}" if noise else ""
+    value = f"{rec.metric:.5f}{pm}" if rec.metric is not None else "—"
+    lines = [f"trial {rec.n}: {rec.description}", "", f"{metric_name}: {value} (best {best.metric:.5f}{pm})"]
+    if rec.delta is not None:
+        lines.append(f"delta: {rec.delta:+.5f}")
+    lines.append(f"status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
+    if rec.phase:
+        lines.append(f"phase: {rec.phase}")
+    return "\n".join(lines)

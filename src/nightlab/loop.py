@@ -25,11 +25,10 @@ from nightlab.config import Config
 from nightlab.decide import Verdict, decide, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
-from nightlab.flight import Flight, Worktrees, in_thread, raise_in
-from nightlab.ledger import RUNNING, Ledger, TrialRecord, write_tsv
+from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
+from nightlab.ledger import RUNNING, Ledger, TrialRecord, commit_message, write_tsv
 from nightlab.sandbox import passthrough
-from nightlab.sandbox.options import spec_fields
-from nightlab.types import Brief, Proposal, RunOutcome, RunSpec, Status
+from nightlab.types import Brief, Proposal, RunOutcome, Status
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -226,11 +225,7 @@ class Loop:
             for entry in run_dir.iterdir():
                 if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        spec = RunSpec(command=self.cfg.run.command, cwd=flight.ws.dir, run_dir=run_dir,
-                       budget_s=self.cfg.run.budget_s, timeout_s=self.cfg.run.timeout_s, seed=rec.seed + k,
-                       trial=rec.n, env=self.env, grace_s=self.cfg.run.grace_s, **spec_fields(self.cfg, flight.ws.dir))
-        files = {f: (flight.ws.dir / f).read_bytes() for f in self.cfg.project.editable if (flight.ws.dir / f).is_file()}
-        job = Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+        job = job_for(self.cfg, self.env, flight, run_dir, k, slot, id=f"{rec.n}.{k}a{attempt}s{self.session}")
         self.ledger.run_started(job.id, rec.n, k, attempt, slot)
         if not rec.runs and flight.running == 0 and not attempt:
             self.notify("run", rec)
@@ -357,7 +352,7 @@ class Loop:
         rec = flight.rec
         rec.finished = time.time()
         if rec.commit_sha and rec.n > 0:
-            rec.commit_sha = flight.ws.amend(self.message(rec))
+            rec.commit_sha = flight.ws.amend(commit_message(rec, self.best(), self.noise(), self.cfg.metric.name))
             self.ws.mark(rec.n, rec.commit_sha)
         elif rec.n == 0:
             self.ws.mark(0, rec.commit_sha)
@@ -370,19 +365,6 @@ class Loop:
         self.agent.observe(rec.n, Status(rec.status), rec.metric)
         self._release(flight)
         self.notify("done", rec)
-
-    def message(self, rec: TrialRecord) -> str:
-        best = self.best()
-        pm = f" ± {self.noise():.5g}" if self.noise() else ""
-        value = f"{rec.metric:.5f}{pm}" if rec.metric is not None else "—"
-        lines = [f"trial {rec.n}: {rec.description}", "",
-                 f"{self.cfg.metric.name}: {value} (best {best.metric:.5f}{pm})"]
-        if rec.delta is not None:
-            lines.append(f"delta: {rec.delta:+.5f}")
-        lines.append(f"status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
-        if rec.phase:
-            lines.append(f"phase: {rec.phase}")
-        return "\n".join(lines)
 
     # -- state -----------------------------------------------------------------------------------
     def recover(self) -> None:
