@@ -225,7 +225,7 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         from nightlab.verify import latest
 
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")
-        slots = views.slot_activity(ledger.runs(), int(ledger.get("slots", 1)))
+        slots = views.slots_of(ledger, always=True)
         print(json.dumps(data | {"verify": latest(ledger), "slots": slots}))
         return
     _show_status(cfg, tag)
@@ -236,8 +236,8 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}")))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
-    if int(ledger.get("slots", 1)) > 1 or ledger.get("pipeline", False):
-        console.print(views.slots_table(views.slot_activity(ledger.runs(), int(ledger.get("slots", 1)))))
+    if slots := views.slots_of(ledger):
+        console.print(views.slots_table(slots))
     from nightlab import verify
 
     if rows := verify.latest(ledger):

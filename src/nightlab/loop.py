@@ -225,7 +225,7 @@ class Loop:
             for entry in run_dir.iterdir():
                 if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        job = job_for(self.cfg, self.env, flight, run_dir, k, slot, id=f"{rec.n}.{k}a{attempt}s{self.session}")
+        job = job_for(self.cfg, self.env, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
         self.ledger.run_started(job.id, rec.n, k, attempt, slot)
         if not rec.runs and flight.running == 0 and not attempt:
             self.notify("run", rec)

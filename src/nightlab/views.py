@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nightlab.config import Config
-from nightlab.ledger import TrialRecord
+from nightlab.ledger import Ledger, TrialRecord
 
 STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
          "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue"}
@@ -85,6 +85,14 @@ def summary_table(s: dict) -> Table:
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+def slots_of(ledger: Ledger, always: bool = False) -> list[dict]:
+    """The tag's slot activity; empty for a tag run one trial at a time, unless `always`."""
+    slots = int(ledger.get("slots", 1))
+    if not always and slots == 1 and not ledger.get("pipeline", False):
+        return []
+    return slot_activity(ledger.runs(), slots)
 
 
 def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> list[dict]:

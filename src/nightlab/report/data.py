@@ -81,8 +81,7 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
         noise = ledger.get("noise")
         started = ledger.get("started")
         verify = _verify_tables(ledger.db)
-        parallel = int(ledger.get("slots", 1)) > 1 or ledger.get("pipeline", False)
-        slots = views.slot_activity(ledger.runs(), int(ledger.get("slots", 1))) if parallel else []
+        slots = views.slots_of(ledger)
     finally:
         ledger.close()
     trials = [t for t in every if t.status != RUNNING]
