@@ -77,7 +77,8 @@ def test_two_slots_run_trials_at_once_and_keep_git_and_ledger_consistent(tmp_pat
     proj = project(tmp_path, *ideas)
     proj.run("--max-trials", "6", "--slots", "2", timeout=120)
     rows = check_consistent(proj)
-    assert len(rows) == 7 and {r["hardware"] for r in rows if r["n"] > 0 and r["status"] != "rejected"} == {"cpu"}
+    # every trial that ran says where (one proposed before a keep may end stale without running, by timing)
+    assert len(rows) == 7 and {r["hardware"] for r in rows if r["runs"]} == {"cpu"}
     done = [r for r in runs(proj) if r["trial"] > 0]
     assert {r["slot"] for r in done} == {0, 1}
     overlapped = any(a["started"] < b["finished"] and b["started"] < a["finished"]
