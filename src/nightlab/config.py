@@ -72,12 +72,18 @@ class KeepConfig(Section):
     threshold: Literal["auto"] | float = "auto"
     confirm: int = Field(2, ge=0)
     sigmas: float = Field(2.0, ge=0)  # auto threshold = sigmas x the standard error of the gain
+    select_gate: bool = False  # a validation win must not lose on [data] select (one extra run per candidate keep)
 
 
 class DataConfig(Section):
     train: list[str] = []
     val: list[str] = []
     test: list[str] = []
+    select: list[str] = []  # the selection split: never seen by a trial or the agent; scored by `verify --select`
+
+    def hidden(self) -> list[str]:
+        """The splits no trial may see: test and select."""
+        return [*self.test, *self.select]
 
 
 class SandboxConfig(Section):

@@ -120,11 +120,11 @@ def _prepared(record: Path) -> list[str]:
 
 
 def visible_data(cfg: Config) -> list[str]:
-    """Project-relative paths every trial sees: [data] train/val and what `prepare` made, never the test split."""
+    """Project-relative paths every trial sees: [data] train/val and what `prepare` made, never test or select."""
     prepared = _prepared(cfg.root / STATE / "prepared.json")
-    test = [Path(t) for t in cfg.data.test]
+    hidden = [Path(t) for t in cfg.data.hidden()]
 
-    def holds_test(p: str) -> bool:
-        return any(t == Path(p) or Path(p) in t.parents for t in test)
+    def holds_hidden(p: str) -> bool:
+        return any(t == Path(p) or Path(p) in t.parents for t in hidden)
 
-    return [p for p in dict.fromkeys([*cfg.data.train, *cfg.data.val, *prepared]) if not holds_test(p)]
+    return [p for p in dict.fromkeys([*cfg.data.train, *cfg.data.val, *prepared]) if not holds_hidden(p)]

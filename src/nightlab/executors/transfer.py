@@ -65,7 +65,7 @@ def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
     """The candidate at `cwd`: the project's files (data linked, as in a worktree), then the job's editable files."""
     root = cfg.root.resolve()
     data = [p for p in visible_data(cfg) if not Path(p).is_absolute()]
-    skip = [Path(p) for p in (".git", STATE, *data, *cfg.data.test)]
+    skip = [Path(p) for p in (".git", STATE, *data, *cfg.data.hidden())]
     cwd.mkdir()
     for rel in project_files(root):
         if any(rel == s or s in rel.parents for s in skip):

@@ -19,7 +19,7 @@ def spec_fields(cfg: Config, cwd: Path) -> dict:
 
     The project (and the repository holding it) is hidden, so only what is bound again is visible: the
     candidate's tree (cwd), the targets of the [data] train/val links, the interpreter; and the run
-    directory, the only writable path. `[data] test` is masked wherever it would otherwise show.
+    directory, the only writable path. `[data] test` and `select` are masked wherever they would otherwise show.
     """
     root = cfg.root.resolve()
 
@@ -27,7 +27,7 @@ def spec_fields(cfg: Config, cwd: Path) -> dict:
         return Path(p) if Path(p).is_absolute() else base / p
 
     readonly = [where(p, root).resolve() for p in visible_data(cfg) if where(p, root).exists()]
-    masked = [where(t, base) for t in cfg.data.test for base in (root, cwd)]
+    masked = [where(t, base) for t in cfg.data.hidden() for base in (root, cwd)]
     masked.append(cwd / STATE)  # `nightlab trial` runs in the project itself: other tags' ledgers stay hidden
     return {
         "readonly": readonly,
