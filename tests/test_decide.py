@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from nightlab.config import KeepConfig
-from nightlab.decide import Verdict, decide, noise, threshold
+from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_note, noise, threshold
 from nightlab.types import Metric
 
 MIN, MAX = Metric("loss", "minimize"), Metric("acc", "maximize")
@@ -44,7 +44,7 @@ def test_minimize_with_auto_threshold(runs: list[float], verdict: Verdict) -> No
     assert d.verdict == verdict
     assert d.value == sum(runs) / len(runs)
     assert d.improvement == 4.0 - d.value
-    assert d.threshold == pytest.approx(0.5 / len(runs) ** 0.5)
+    assert d.threshold == pytest.approx(0.5 / len(set(runs)) ** 0.5)  # identical runs count as one
 
 
 @pytest.mark.parametrize("runs, verdict", [
@@ -92,7 +92,8 @@ def test_without_a_noise_estimate_any_strict_improvement_is_kept(goal: str, sigm
 def test_a_numeric_threshold_ignores_the_noise(runs: list[float], verdict: Verdict) -> None:
     for sigma in (None, 0.0, 0.25, 10.0):
         d = decide(MIN, runs, 4.0, sigma, keep(threshold=0.125))
-        assert d.verdict == verdict, sigma
+        deterministic_code = sigma == 0.0  # a re-run would give the same number: no confirmation
+        assert d.verdict == (K if verdict == C and deterministic_code else verdict), sigma
         assert d.threshold == 0.125
 
 
@@ -107,7 +108,7 @@ def test_confirm_counts_the_extra_runs() -> None:
     assert decide(MIN, [3.25], 4.0, 0.25, keep(confirm=2)).verdict == C
     # two runs: threshold 0.354, band (0.177, 0.707): gain 0.5 is still uncertain with one confirmation left
     assert decide(MIN, [3.25, 3.75], 4.0, 0.25, keep(confirm=2)).verdict == C
-    assert decide(MIN, [3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K  # gain 0.75 > 2 x 0.354
+    assert decide(MIN, [3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K  # identical: one run's evidence, 0.75 > 0.5
     assert decide(MIN, [3.25, 3.25, 3.25], 4.0, 0.25, keep(confirm=2)).verdict == K
     # three runs: threshold 0.5/sqrt(3) ≈ 0.289; mean 3.75 → gain 0.25: discarded
     assert decide(MIN, [3.25, 3.75, 4.25], 4.0, 0.25, keep(confirm=2)).verdict == D
@@ -161,3 +162,51 @@ def test_metric_direction() -> None:
     assert MIN.better(5.0, None) and MAX.better(5.0, None)
     assert MIN.best_of([3.0, 1.0, 2.0]) == 1.0 and MAX.best_of([3.0, 1.0, 2.0]) == 3.0
     assert MIN.best_of([]) is None
+
+
+# -- evidence counting and evaluation noise (per-example values) ----------------------------------------------
+def test_a_tie_by_rounding_is_not_a_keep() -> None:
+    """Five identical baseline runs of 0.22 summed naively are 0.22 + 2.8e-17: the same value must not win."""
+    naive = sum([0.22] * 5) / 5
+    assert naive != 0.22
+    for sigma in (0.0, None):
+        assert decide(Metric("val_err"), [0.22], naive, sigma, KeepConfig(), 5).verdict == D
+    assert decide(Metric("val_err", "maximize"), [naive], 0.22, 0.0, KeepConfig(), 5).verdict == D
+    assert decide(Metric("val_err"), [0.2199], naive, 0.0, KeepConfig(), 5).verdict == K  # a real, if tiny, gain
+
+
+def test_identical_runs_count_as_one() -> None:
+    assert distinct([1.0, 1.0, 1.0]) == 1 and distinct([1.0, 2.0, 1.0]) == 2
+    assert deterministic([1.0, 1.0]) and not deterministic([1.0]) and not deterministic([1.0, 1.0 + 1e-12])
+    assert threshold(keep(), 0.25, distinct([3.0] * 4)) == threshold(keep(), 0.25, 1)
+
+
+def test_no_confirmation_is_spent_where_a_rerun_gives_the_same_number() -> None:
+    # deterministic code (sigma 0): nothing to confirm, whatever the per-example error says
+    assert decide(MIN, [3.875], 4.0, 0.0, keep(confirm=2), eval_se=0.0625).verdict == D  # 0.125: a tie with it
+    assert decide(MIN, [3.8125], 4.0, 0.0, keep(confirm=2), eval_se=0.0625).verdict == K
+    # seed noise exists but this candidate's two runs agree exactly: a third cannot help
+    assert decide(MIN, [3.625], 4.0, 0.25, keep(confirm=2)).verdict == C
+    assert decide(MIN, [3.625, 3.625], 4.0, 0.25, keep(confirm=2)).verdict == D  # 0.375 < threshold 0.5
+
+
+def test_evaluation_noise_and_seed_noise_add_in_variance() -> None:
+    # seed se 0.25 * sqrt(1 + 1) = 0.354, eval se 0.354: total 0.5, threshold 1.0
+    d = decide(MIN, [2.95], 4.0, 0.25, keep(confirm=0), best_runs=1, eval_se=0.25 * 2 ** 0.5)
+    assert d.se == pytest.approx(0.5) and d.threshold == pytest.approx(1.0) and d.verdict == K
+    assert decide(MIN, [3.05], 4.0, 0.25, keep(confirm=0), best_runs=1, eval_se=0.25 * 2 ** 0.5).verdict == D
+    # the evaluation noise alone sets the threshold for deterministic code
+    assert decide(MIN, [3.0], 4.0, 0.0, keep(), eval_se=0.6).threshold == pytest.approx(1.2)
+    assert decide(MIN, [3.0], 4.0, None, keep(confirm=0), eval_se=0.6).verdict == D
+    assert decide(MIN, [3.0], 4.0, None, keep(), eval_se=0.6).verdict == C  # seed noise unknown: a re-run may differ
+    # a numeric threshold stays a number
+    assert decide(MIN, [3.0], 4.0, 0.0, keep(threshold=0.5), eval_se=0.6).verdict == K
+
+
+def test_the_evidence_note_says_when_the_rule_is_a_plain_gate() -> None:
+    assert "plain 'better than the best' gate" in evidence_note(0.0, True, False)
+    assert "deterministic" in evidence_note(0.0, True, False)
+    assert "noise_runs = 1" in evidence_note(None, False, False)
+    assert "no noise measured" not in evidence_note(0.01, False, False)
+    assert "evaluation noise (which examples" in evidence_note(0.01, False, False)
+    assert "paired per-example" in evidence_note(0.0, True, True) and "deterministic" in evidence_note(0.0, True, True)

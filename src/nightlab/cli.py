@@ -181,6 +181,8 @@ def _print_event(event: str, rec: TrialRecord) -> None:
         metric = views.fmt(rec.metric) + (f" ({views.fmt(rec.delta, True)})" if rec.delta is not None else "")
         why = f" [{rec.reason}]" if rec.reason else ""
         console.print(f"trial {rec.n:>3}  [{style}]{rec.status:<8}[/]  {metric:<24} {escape(rec.description + why)}")
+        if rec.n == 0 and "no noise measured" in rec.reason:
+            err.print(f"[yellow]warning:[/] {escape(rec.reason)}")
 
 
 # -- trial ------------------------------------------------------------------------------------
@@ -224,7 +226,8 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         ledger = _existing(cfg, tag)
         from nightlab.verify import latest
 
-        data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}")
+        data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
+                                 views.evidence(ledger))
         slots = views.slots_of(ledger, always=True)
         print(json.dumps(data | {"verify": latest(ledger), "slots": slots}))
         return
@@ -234,7 +237,8 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
 def _show_status(cfg: config.Config, tag: str) -> None:
     ledger = _existing(cfg, tag)
     trials = ledger.trials()
-    console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}")))
+    console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
+                                                         views.evidence(ledger))))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
@@ -261,9 +265,12 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
                seeds: Annotated[int, typer.Option(help="Fresh seeds per measurement.", min=2, max=1000)] = 5,
                ablate: Annotated[bool, typer.Option("--ablate", help="Take each kept change out of the best in turn.")] = False,
                test: Annotated[bool, typer.Option("--test", help="Evaluate baseline and best on the test split.")] = False,
-               final: Annotated[bool, typer.Option("--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False) -> None:
-    """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final."""
+               final: Annotated[bool, typer.Option("--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False,
+               select: Annotated[bool, typer.Option("--select", help="Re-rank the kept states on the selection split ([data] select); with --test, on test too.")] = False) -> None:
+    """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final, --select."""
     cfg = _load(config_path)
+    if select and not cfg.data.select:
+        raise UsageError(f"{cfg.path}: --select needs [data] select (a split no trial and no agent sees)")
     if final and not test:
         raise UsageError("--final retrains on train+val for the test evaluation; use it with --test")
     if test and not cfg.data.test:
@@ -273,7 +280,7 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
 
     ledger = _existing(cfg, tag)
     with _lock(project.state_dir(cfg, tag)):
-        v = verify.Verifier(cfg, tag, ledger, verify.Options(seeds, ablate, test, final),
+        v = verify.Verifier(cfg, tag, ledger, verify.Options(seeds, ablate, test, final, select),
                             lambda what: console.print(f"[dim]verify {escape(what)}[/]"))
         try:
             v.run()
@@ -281,7 +288,12 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
             err.print(f"interrupted: the worktree is back at the best commit of {tag!r}; nothing was recorded",
                       markup=False)
             raise typer.Exit(130) from None
-    console.print(verify.table(verify.latest(ledger) or [], cfg.metric.name, f"nightlab verify #{v.number} ({tag})"))
+    rows = verify.latest(ledger) or []
+    console.print(verify.table([r for r in rows if not r["kind"].startswith("select")], cfg.metric.name,
+                               f"nightlab verify #{v.number} ({tag})"))
+    if select:
+        console.print(verify.rerank_table(rows, ledger.trials(), cfg))
+        console.print(verify.rerank_summary(rows, v.best.n, tag))
     console.print(f"effect = how much better the second column is (positive = better); seeds "
                   f"{v.seeds[0]}..{v.seeds[-1]}; runs: {project.state_dir(cfg, tag)}/verify/{v.number}/")
 

@@ -30,6 +30,7 @@ class Flight:
     lost: dict[int, int] = field(default_factory=dict)
     rebases: int = 0
     proposal: Future | None = None
+    examples: list = field(default_factory=list)  # per_example.Examples of each successful run
 
 
 class Worktrees:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nightlab.errors import NightlabError, UsageError
+from nightlab.per_example import Examples, average
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,6 +26,10 @@ CREATE TABLE IF NOT EXISTS trials (
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
     status TEXT NOT NULL, value REAL, seconds REAL, reason TEXT, hardware TEXT, host TEXT, started REAL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS examples (  -- per-example values of the primary metric, one row per run (per_example.py)
+    trial INTEGER NOT NULL, k INTEGER NOT NULL, count INTEGER NOT NULL, vals BLOB NOT NULL, weights BLOB,
+    PRIMARY KEY (trial, k)
 );
 CREATE TABLE IF NOT EXISTS verify (   -- one row per comparison of one `nightlab verify` (see verify.py)
     run INTEGER NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, trial INTEGER, commit_sha TEXT,
@@ -130,6 +135,27 @@ class Ledger:
     def delete(self, n: int) -> None:
         with self.db:
             self.db.execute("DELETE FROM trials WHERE n = ?", (n,))
+            self.db.execute("DELETE FROM examples WHERE trial = ?", (n,))
+
+    # -- per-example values -----------------------------------------------------------------
+    def save_examples(self, trial: int, k: int, ex: Examples) -> None:
+        vals, weights = ex.encode()
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)", (trial, k, len(ex), vals, weights))
+
+    def examples(self, trial: int) -> list[Examples]:
+        """Every run's per-example values of a trial, in run order."""
+        rows = self.db.execute("SELECT vals, weights FROM examples WHERE trial = ? ORDER BY k", (trial,))
+        return [Examples.decode(vals, weights) for vals, weights in rows]
+
+    def mean_examples(self, trial: int) -> Examples | None:
+        """A trial's per-example values averaged over its runs (None if it reported none)."""
+        return average(self.examples(trial))
+
+    def forget_examples(self, trial: int) -> None:
+        """A trial that is run again from scratch (resumed, rebased): its old runs measured other code."""
+        with self.db:
+            self.db.execute("DELETE FROM examples WHERE trial = ?", (trial,))
 
     def trials(self) -> list[TrialRecord]:
         cur = self.db.execute("SELECT * FROM trials ORDER BY n")

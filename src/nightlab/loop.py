@@ -11,6 +11,7 @@ again from scratch, at most MAX_REBASES times; a change that no longer applies i
 from __future__ import annotations
 
 import shutil
+import statistics
 import threading
 import time
 from collections import deque
@@ -19,10 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab import metrics, program
+from nightlab import metrics, per_example, program
 from nightlab.agents import Agent
 from nightlab.config import Config
-from nightlab.decide import Verdict, decide, noise
+from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_note, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
 from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
@@ -60,6 +61,7 @@ class Loop:
         self.seen_jobs: set[str] = set()
         self.failures = 0
         self.stop: str | None = None
+        self.example_cache: dict[int, per_example.Examples | None] = {}
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, limits: Limits) -> str:
@@ -125,7 +127,7 @@ class Loop:
         ws.reset(best.commit_sha)
         program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
         brief = program.brief(self.cfg, n, trials, best.metric, self.noise(), self._scratchpad(ws),
-                              self._failure_tail(trials))
+                              self._failure_tail(trials), self.ledger.get("eval_se"))
         rec.phase = brief.phase
         self.ledger.save(rec)
         self.notify("propose", rec)
@@ -251,16 +253,28 @@ class Loop:
                 flight.retry.append(k)
                 self._requeue(flight)
                 return
+        if out.status is None and (why := self._unpaired(flight, out)):
+            out.status, out.reason = Status.INVALID, why
         if out.status is not None:
             self._failed(flight, out)
             return
         rec.metrics = {m: (rec.metrics.get(m, v) * len(rec.runs) + v) / (len(rec.runs) + 1) for m, v in out.values.items()}
         rec.runs.append(out.values[name])
+        if out.examples is not None:
+            flight.examples.append(out.examples)
+            self.ledger.save_examples(rec.n, k, out.examples)
         if rec.n == 0:
-            if len(rec.runs) == self.cfg.keep.noise_runs:
-                self._baseline_done(flight)
+            self._baseline_ran(flight)
         else:
             self._decide(flight)
+
+    def _unpaired(self, flight: Flight, out: RunOutcome) -> str:
+        """Per-example values that cannot be paired with the baseline's: the trial cannot be judged fairly."""
+        if flight.rec.n > 0:
+            return per_example.mismatch(self._examples(0), out.examples)
+        if flight.examples:
+            return per_example.mismatch(flight.examples[0], out.examples)
+        return "per-example values reported by only some runs" if flight.rec.runs and out.examples else ""
 
     def _failed(self, flight: Flight, out: RunOutcome) -> None:
         rec = flight.rec
@@ -276,7 +290,10 @@ class Loop:
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, flight: Flight) -> None:
         rec, best = flight.rec, self.best()
-        d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep, len(best.runs) or None)
+        mine, theirs = per_example.average(flight.examples), self._examples(best.n)
+        eval_se = per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
+        d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep,
+                   distinct(best.runs) or None, eval_se)
         if d.verdict == Verdict.CONFIRM:
             self.notify("confirm", rec)
             flight.pending += 1
@@ -302,6 +319,8 @@ class Loop:
             return False
         flight.rebases += 1
         rec.parent, rec.commit_sha, rec.runs, rec.metrics = best.commit_sha, new, [], {}
+        flight.examples = []
+        self.ledger.forget_examples(rec.n)
         rec.metric = rec.delta = None
         rec.reason = f"rebased onto trial {best.n}"
         flight.pending = 1
@@ -320,7 +339,8 @@ class Loop:
         if not getattr(self.agent, "reproposes", False):
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
-        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "")
+        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "",
+                              self.ledger.get("eval_se"))
         try:
             proposal = self._ask(ws, brief)
             files = ws.verify_edits()
@@ -337,14 +357,26 @@ class Loop:
         self.ws.reset(rec.commit_sha)
         self.worktrees.claim(self.ws)
         self.ledger.save(rec)
-        flight = self.flights[0] = Flight(rec, self.ws, pending=self.cfg.keep.noise_runs)
+        # Two runs first: when they agree exactly the code is deterministic and more runs would add nothing.
+        flight = self.flights[0] = Flight(rec, self.ws, pending=min(2, self.cfg.keep.noise_runs))
         self.ready.append(flight)
 
-    def _baseline_done(self, flight: Flight) -> None:
-        rec = flight.rec
-        rec.metric = sum(rec.runs) / len(rec.runs)
+    def _baseline_ran(self, flight: Flight) -> None:
+        rec, want = flight.rec, self.cfg.keep.noise_runs
+        if flight.pending or flight.running:
+            return
+        same = deterministic(rec.runs) and all(ex.same(flight.examples[0]) for ex in flight.examples)
+        if len(rec.runs) < want and not same:
+            flight.pending = want - len(rec.runs)
+            self._requeue(flight)
+            return
+        rec.metric = statistics.fmean(rec.runs)
         rec.status = Status.BASELINE
-        self.ledger.set_meta(noise=noise(rec.runs))
+        examples = per_example.average(flight.examples)
+        rec.reason = evidence_note(noise(rec.runs), same, examples is not None)
+        self.ledger.set_meta(noise=noise(rec.runs), deterministic=same,
+                             examples=len(examples) if examples is not None else None,
+                             eval_se=per_example.standard_error(examples) if examples is not None else None)
         self.finish(flight)
 
     # -- recording --------------------------------------------------------------------------------
@@ -382,6 +414,7 @@ class Loop:
                 self.ledger.delete(rec.n)
                 continue
             shutil.rmtree(self.run_dir(rec.n), ignore_errors=True)
+            self.ledger.forget_examples(rec.n)
             rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
             flight = self.flights[rec.n] = Flight(rec, pending=1)
             self.ready.append(flight)
@@ -417,6 +450,12 @@ class Loop:
 
     def noise(self) -> float | None:
         return self.ledger.get("noise")
+
+    def _examples(self, n: int) -> per_example.Examples | None:
+        """A finished trial's per-example values averaged over its runs (kept and baseline ones never change)."""
+        if n not in self.example_cache:
+            self.example_cache[n] = self.ledger.mean_examples(n)
+        return self.example_cache[n]
 
     def run_dir(self, n: int, k: int = 0) -> Path:
         path = self.state_dir / "runs" / str(n) / (f"repeat-{k}" if k else "")

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nightlab import metrics, project
+from nightlab import metrics, per_example, project
 from nightlab.config import Config
 from nightlab.errors import TrialInvalid
 from nightlab.integrity import clear, data_fingerprints
+from nightlab.per_example import Examples
 from nightlab.sandbox import Sandbox
 from nightlab.types import RunResult, RunSpec
 from nightlab.workspace import changed, checksums
 
 
+@dataclass
+class Measurement:
+    values: dict[str, float]  # every metric that counted
+    examples: Examples | None = None  # the primary metric's per-example values, when the run reported them
+
+
 def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float],
-            data: list[str] | None = None) -> dict[str, float]:
+            data: list[str] | None = None) -> Measurement:
     """Run `spec` (and the trusted evaluator, if configured); return its metrics or raise how it failed.
 
     `seconds` collects each run's duration, so time is accounted even when the trial fails. `data`: the
@@ -37,10 +44,13 @@ def measure(cfg: Config, sandbox: Sandbox, spec: RunSpec, seconds: list[float],
     if bad := changed(data_before, data_fingerprints(spec.cwd, data)):
         raise TrialInvalid(f"data changed during the run: {', '.join(bad)}")
     values = metrics.read(result, measured.run_dir, cfg.metric.name, stdout=not cfg.metric.evaluate)
+    name = cfg.metric.name
+    examples = per_example.read(measured.run_dir, metrics.load_json(measured.run_dir / "metrics.json"), name,
+                                values[name])
     if measured is not spec or not (spec.run_dir / "metrics.json").is_file():
         _write_json(spec.run_dir / "metrics.json", values)  # the run directory records what counted
     metrics.check_constraints(values, cfg.metric.constraints)
-    return values
+    return Measurement(values, examples)
 
 
 def _evaluator_spec(cfg: Config, train: RunSpec) -> RunSpec:

@@ -28,7 +28,8 @@ def from_log(log_path: Path) -> dict[str, float]:
     return {name: float(value) for name, value in LINE.findall(text)}  # later lines win
 
 
-def from_json(path: Path) -> dict[str, float]:
+def load_json(path: Path) -> dict:
+    """The object in a run's metrics.json ({} when there is none)."""
     if not path.is_file():
         return {}
     try:
@@ -37,6 +38,11 @@ def from_json(path: Path) -> dict[str, float]:
         raise RunCrashed(f"metrics.json is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise RunCrashed("metrics.json must hold an object of name: number")
+    return data
+
+
+def from_json(path: Path) -> dict[str, float]:
+    data = load_json(path)
     out: dict[str, float] = {}
     for name, value in data.items():
         if isinstance(value, list) and value and all(_number(v) for v in value):

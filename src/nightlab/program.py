@@ -88,8 +88,14 @@ def trial_table(trials: list[TrialRecord], noise: float | None) -> str:
     return "\n".join(rows)
 
 
+def noise_text(noise: float | None, eval_se: float | None) -> str:
+    seed = "none: the code gives the same number every run" if noise == 0 else f"{noise:.4g}" if noise else "unknown"
+    evaluation = f"; evaluation noise (which examples are in the validation split): {eval_se:.4g}" if eval_se else ""
+    return f"run-to-run noise: {seed}{evaluation}"
+
+
 def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, noise: float | None,
-          scratchpad: str, failure_tail: str) -> Brief:
+          scratchpad: str, failure_tail: str, eval_se: float | None = None) -> Brief:
     general, phases = read_program(cfg)
     phase = current_phase(phases, trials, cfg)
     m = cfg.metric
@@ -98,7 +104,7 @@ def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, no
         parts.append(f"## Current phase: Phase {phase.number} — {phase.title}\n\n{phase.body}")
     best_text = f"{best:.6g}" if best is not None else "unknown"
     parts.append(f"## Where things stand\n\nMetric: `{m.name}` ({m.goal}). Best so far: {best_text}; "
-                 f"run-to-run noise: {f'{noise:.4g}' if noise else 'unknown'}.\n\n{trial_table(trials, noise)}")
+                 f"{noise_text(noise, eval_se)}.\n\n{trial_table(trials, noise)}")
     if failure_tail:
         parts.append(f"## The last failure's log tail\n\n```\n{failure_tail}\n```")
     parts.append(f"## Scratchpad ({cfg.project.scratchpad})\n\n{scratchpad}")

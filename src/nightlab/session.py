@@ -90,7 +90,7 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
                    grace_s=cfg.run.grace_s, **spec_fields(cfg, cfg.root))
     seconds: list[float] = []
     try:
-        return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds), "", sum(seconds), run_dir
+        return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds).values, "", sum(seconds), run_dir
     except TrialFailed as e:
         evaluated = run_dir / "evaluate" / "evaluate.log"
         log = evaluated if evaluated.exists() else run_dir / "run.log"

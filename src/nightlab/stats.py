@@ -97,3 +97,26 @@ def compare(metric: Metric, reference: list[float], runs: list[float], level: fl
     half = t_quantile(0.5 + level / 2, df) * se
     return Comparison(len(reference), len(runs), ref_mean, mean, effect, effect - half, effect + half,
                       t_two_sided_p(effect / se, df), d)
+
+
+def compare_paired(metric: Metric, reference: list[float], runs: list[float], eval_se: float,
+                   level: float = 0.95) -> Comparison:
+    """Like `compare`, with the evaluation noise of the same examples added to the seed noise.
+
+    `eval_se` is the standard error of the paired per-example difference (per_example.paired_se): how much
+    the effect would move with another draw of validation examples. Its variance adds to the seed part;
+    the degrees of freedom follow Welch-Satterthwaite, the evaluation part counting as many (a large split).
+    """
+    seed = compare(metric, reference, runs, level)
+    v_ref = statistics.variance(reference) / len(reference) if len(reference) >= 2 else 0.0
+    v_run = statistics.variance(runs) / len(runs) if len(runs) >= 2 else 0.0
+    v_eval = eval_se ** 2
+    se = math.sqrt(v_ref + v_run + v_eval)
+    if se == 0:
+        return seed
+    parts = [(v_ref, len(reference) - 1), (v_run, len(runs) - 1)]
+    denom = sum(v * v / df for v, df in parts if v > 0 and df > 0) + v_eval ** 2 / 1e6
+    df = (v_ref + v_run + v_eval) ** 2 / denom
+    half = t_quantile(0.5 + level / 2, df) * se
+    return Comparison(seed.n_ref, seed.n, seed.reference, seed.value, seed.effect, seed.effect - half,
+                      seed.effect + half, t_two_sided_p(seed.effect / se, df), seed.cohens_d)

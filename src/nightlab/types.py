@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 
 class Status(StrEnum):
@@ -111,6 +112,7 @@ class RunOutcome:
 
     job: str  # the Job id it answers (results are deduplicated by it)
     values: dict[str, float] = field(default_factory=dict)  # the metrics that counted; empty when it failed
+    examples: Any = None  # per_example.Examples of the primary metric, when the run reported them
     seconds: float = 0.0  # time spent running (training and the evaluator)
     status: Status | None = None  # None when it succeeded; else how it failed (LOST: the infrastructure's fault)
     reason: str = ""

@@ -1,8 +1,11 @@
-"""`nightlab verify`: re-measure the best and the baseline on fresh seeds, ablate kept changes, test split.
+"""`nightlab verify`: re-measure the best and the baseline on fresh seeds, ablate kept changes, test split,
+and re-rank the kept states on the selection split.
 
-Every measurement runs in the tag's worktree (the branch follows each reset) and the worktree is put
-back at the best commit afterwards, whatever happens. The test split is linked into the worktree only
-for the test runs and removed right after them. Results go into the ledger's `verify` table.
+Every measurement runs in a worktree of verify's own, so the branch stays at the best whatever happens.
+The test and selection splits are linked into it only for their own runs and removed right after them.
+With per-example values, best vs baseline is also compared on the same examples (evaluation noise
+included). Results go into the ledger's `verify` table; the state best on the selection split gets the
+ref `refs/nightlab/<tag>/select`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import json
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -19,19 +23,20 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from nightlab import project
+from nightlab import per_example, project
 from nightlab.config import Config
 from nightlab.errors import NightlabError, TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.measure import measure
 from nightlab.sandbox import Sandbox, load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
-from nightlab.stats import Comparison, compare
+from nightlab.stats import Comparison, compare, compare_paired
 from nightlab.types import RunSpec, Status
 from nightlab.workspace import Workspace, git
 
 # Far above the loop's seeds (0..k-1 for the baseline, 1000n+k for trial n): verify's runs are fresh.
 VERIFY_SEED = 1_000_000_000
+NEAR_MISSES = 2  # discarded trials that came closest to a keep, re-scored beside the chain on the selection split
 COLUMNS = ("run", "kind", "label", "trial", "commit_sha", "seeds", "final", "reference_runs", "runs",
            "n_ref", "n", "reference", "value", "effect", "ci_low", "ci_high", "p_value", "cohens_d",
            "note", "created")
@@ -43,13 +48,14 @@ class Options:
     ablate: bool = False
     test: bool = False
     final: bool = False
+    select: bool = False
 
 
 @dataclass
 class Row:
     """One comparison: `runs` against `reference_runs` (effect > 0: `runs` are better)."""
 
-    kind: str  # "val", "ablate" or "test"
+    kind: str  # "val", "val-paired", "ablate", "test", "select" or "select-test"
     label: str
     trial: int
     commit_sha: str
@@ -59,10 +65,11 @@ class Row:
     result: Comparison | None = None
 
 
-def metric_on_test(cfg: Config) -> str:
-    """What a test run reports: `val_loss` → `test_loss`; a name without a `val` prefix stays as it is."""
+def metric_on(cfg: Config, split: str) -> str:
+    """What a run on another split reports: `val_loss` → `test_loss` / `select_loss`; a name without a `val`
+    prefix stays as it is."""
     name = cfg.metric.name
-    return "test" + name[3:] if name.startswith("val") else name
+    return split + name[3:] if name.startswith("val") else name
 
 
 class Verifier:
@@ -83,6 +90,7 @@ class Verifier:
         self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
         self.ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
         self.visible = project.visible_data(cfg)
+        self.examples: dict[str, list[per_example.Examples | None]] = {}  # per measurement, each seed's
 
     def run(self) -> list[Row]:
         self.ws.open(fresh=False, best=self.best.commit_sha)
@@ -93,18 +101,30 @@ class Verifier:
         base_runs, best_runs, note = self._pair("val", self.cfg, {})
         rows.append(self._row("val", f"{self.cfg.metric.name}: best vs baseline", self.best, base_runs, best_runs,
                               note))
+        if paired := self._paired("baseline", "best", base_runs, best_runs):
+            rows.append(self._row("val-paired", f"{self.cfg.metric.name}: best vs baseline, paired per example",
+                                  self.best, base_runs, best_runs, "", paired))
         if self.opts.ablate:
             rows += [self._ablate(t, best_runs) for t in self.kept]
         if self.opts.test:
             rows.append(self._test())
+        if self.opts.select:
+            rows += self._rerank()
         self._store(rows)
         return rows
+
+    def _paired(self, ref: str, what: str, ref_runs: list[float], runs: list[float]) -> Comparison | None:
+        """Best vs baseline on the same examples, when both sides' runs reported per-example values."""
+        a, b = (per_example.average([e for e in self.examples.get(k, []) if e is not None]) for k in (ref, what))
+        if not ref_runs or not runs or a is None or b is None or per_example.mismatch(a, b):
+            return None
+        return compare_paired(self.cfg.primary, ref_runs, runs, per_example.paired_se(b, a))
 
     # -- measurements ------------------------------------------------------------------------------
     def _measure(self, what: str, trial: TrialRecord, cfg: Config, env: dict[str, str],
                  patch: str = "", data: list[str] | None = None) -> list[float]:
         """The primary value of `trial`'s commit (minus `patch`, reversed) on every verify seed."""
-        values = []
+        values, self.examples[what] = [], []
         for i, seed in enumerate(self.seeds):
             self.ws.reset(trial.commit_sha)
             if patch:
@@ -114,19 +134,44 @@ class Verifier:
             run_dir.mkdir(parents=True, exist_ok=True)
             spec = RunSpec(command=cfg.run.command, cwd=self.ws.dir, run_dir=run_dir, budget_s=cfg.run.budget_s,
                            timeout_s=cfg.run.timeout_s, seed=seed, trial=trial.n, env=self.env | env,
-                           grace_s=cfg.run.grace_s, **self._isolation(env.get("NIGHTLAB_SPLIT") == "test"))
-            values.append(measure(cfg, self.sandbox, spec, [], data=data)[cfg.metric.name])
+                           grace_s=cfg.run.grace_s, **self._isolation(env.get("NIGHTLAB_SPLIT")))
+            measured = measure(cfg, self.sandbox, spec, [], data=data)
+            values.append(measured.values[cfg.metric.name])
+            self.examples[what].append(measured.examples)
         return values
 
-    def _isolation(self, test: bool) -> dict:
-        """What an isolating sandbox shows the run: as for trials, plus the test split for the test runs only."""
+    def _paths(self, split: str | None) -> list[str]:
+        return {"test": self.cfg.data.test, "select": self.cfg.data.select}.get(split or "", [])
+
+    def _isolation(self, split: str | None) -> dict:
+        """What an isolating sandbox shows the run: as for trials, plus the test or selection split for its own runs."""
         fields = spec_fields(self.cfg, self.ws.dir)
-        if test:
-            shown = [Path(p) if Path(p).is_absolute() else self.cfg.root / p for p in self.cfg.data.test]
+        if paths := self._paths(split):
+            shown = [Path(p) if Path(p).is_absolute() else self.cfg.root / p for p in paths]
             fields["readonly"] = fields["readonly"] + [p.resolve() for p in shown if p.exists()]
-            opened = {*shown, *(self.ws.dir / p for p in self.cfg.data.test)}
+            opened = {*shown, *(self.ws.dir / p for p in paths)}
             fields["masked"] = [m for m in fields["masked"] if m not in opened]
         return fields
+
+    @contextmanager
+    def _split(self, split: str, final: bool = False) -> Iterator[tuple[Config, dict[str, str], list[str]]]:
+        """The config, environment and data paths of runs on `split`; its paths exist in the worktree only meanwhile."""
+        cfg = self.cfg.model_copy(deep=True)
+        cfg.metric.name = metric_on(self.cfg, split)
+        if split == "test":
+            cfg.metric.evaluate = self.cfg.metric.test_command or self.cfg.metric.evaluate
+        env = {"NIGHTLAB_SPLIT": split} | ({"NIGHTLAB_FINAL": "1"} if final else {})
+        paths = self._paths(split)
+        relative = [p for p in paths if not Path(p).is_absolute()]
+        linked = [p for p in relative if not (self.ws.dir / p).exists() and not (self.ws.dir / p).is_symlink()]
+        self.ws.link_data(self.visible + linked)
+        try:
+            yield cfg, env, self.visible + paths
+        finally:
+            for p in linked:
+                if (self.ws.dir / p).is_symlink():
+                    (self.ws.dir / p).unlink()
+            self.ws.link_data(self.visible)
 
     def _pair(self, kind: str, cfg: Config, env: dict[str, str],
               data: list[str] | None = None) -> tuple[list[float], list[float], str]:
@@ -169,26 +214,54 @@ class Verifier:
         return proc.returncode == 0
 
     def _test(self) -> Row:
-        """Baseline and best on the test split; the test paths exist in the worktree only meanwhile."""
-        cfg = self.cfg.model_copy(deep=True)
-        cfg.metric.name = metric_on_test(self.cfg)
-        cfg.metric.evaluate = self.cfg.metric.test_command or self.cfg.metric.evaluate
-        env = {"NIGHTLAB_SPLIT": "test"} | ({"NIGHTLAB_FINAL": "1"} if self.opts.final else {})
-        test = [p for p in self.cfg.data.test if not Path(p).is_absolute()]
-        linked = [p for p in test if not (self.ws.dir / p).exists() and not (self.ws.dir / p).is_symlink()]
-        self.ws.link_data(self.visible + linked)
-        try:
-            base, best, note = self._pair("test", cfg, env, data=self.visible + self.cfg.data.test)
-        finally:
-            for p in linked:
-                if (self.ws.dir / p).is_symlink():
-                    (self.ws.dir / p).unlink()
-            self.ws.link_data(self.visible)
+        """Baseline and best on the test split."""
+        with self._split("test", self.opts.final) as (cfg, env, data):
+            base, best, note = self._pair("test", cfg, env, data=data)
         label = f"{cfg.metric.name}: best vs baseline" + (" (retrained on train+val)" if self.opts.final else "")
         return self._row("test", label, self.best, base, best, note)
 
-    def _row(self, kind: str, label: str, trial: TrialRecord, ref: list[float], runs: list[float], note: str) -> Row:
-        result = compare(self.cfg.primary, ref, runs) if ref and runs else None
+    # -- re-ranking on the selection split --------------------------------------------------------------
+    def states(self) -> list[tuple[TrialRecord, str]]:
+        """The chain (baseline and every keep) and the discarded trials that came closest to a keep."""
+        goal = self.cfg.primary
+        misses = [t for t in self.trials if t.status == Status.DISCARD and t.delta is not None
+                  and not t.reason.startswith("stale")]
+        misses.sort(key=lambda t: -goal.improvement(t.delta, 0.0))
+        near = sorted(misses[:NEAR_MISSES], key=lambda t: t.n)
+        return [(self.base, "baseline"), *((t, "keep") for t in self.kept), *((t, "near miss") for t in near)]
+
+    def _rerank(self) -> list[Row]:
+        """Every state of the chain (and the near misses) on the selection split, and on test with --test."""
+        rows = self._score_states("select")
+        if self.opts.test:
+            rows += self._score_states("test")
+        scored = [r for r in rows if r.kind == "select" and r.runs]
+        if scored:
+            winner = max(scored, key=lambda r: (self.cfg.primary.improvement(statistics.fmean(r.runs), 0.0), -r.trial))
+            git("update-ref", f"refs/nightlab/{self.tag}/select", winner.commit_sha, cwd=self.cfg.root)
+            self.ledger.set_meta(select_best=winner.trial)
+            winner.note = "best on the selection split"
+        return rows
+
+    def _score_states(self, split: str) -> list[Row]:
+        rows = []
+        kind = "select" if split == "select" else "select-test"
+        with self._split(split) as (cfg, env, data):
+            ref: list[float] = []
+            for trial, role in self.states():
+                label = f"trial {trial.n} ({role}): {trial.description}"[:80]
+                try:
+                    runs = self._measure(f"{split}-trial-{trial.n}", trial, cfg, env, data=data)
+                except TrialFailed as e:
+                    rows.append(self._row(kind, label, trial, ref, [], f"a run failed ({e.status}: {e})"))
+                    continue
+                ref = ref or runs  # the baseline's: every state's effect is against it
+                rows.append(self._row(kind, label, trial, ref, runs, ""))
+        return rows
+
+    def _row(self, kind: str, label: str, trial: TrialRecord, ref: list[float], runs: list[float], note: str,
+             result: Comparison | None = None) -> Row:
+        result = result or (compare(self.cfg.primary, ref, runs) if ref and runs else None)
         return Row(kind, label, trial.n, trial.commit_sha, ref, runs, note, result)
 
     # -- the ledger ------------------------------------------------------------------------------
@@ -247,3 +320,36 @@ def table(rows: list[dict], metric_name: str, title: str = "") -> Table:
         t.add_row(escape(r["label"]), str(len(r["runs"]) or "—"), _pm(r["reference_runs"], r["reference"]),
                   _pm(r["runs"], r["value"]), _effect(r), p)
     return t
+
+
+def rerank_table(rows: list[dict], trials: list[TrialRecord], cfg: Config) -> Table:
+    """Each state of the chain (and the near misses): validation as searched, selection and test as re-measured."""
+    val = {t.n: t.metric for t in trials}
+    test = {r["trial"]: r for r in rows if r["kind"] == "select-test"}
+    t = Table(title="re-ranking on the selection split", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("state", ratio=3, overflow="fold")
+    t.add_column(cfg.metric.name, justify="right", no_wrap=True)
+    t.add_column(metric_on(cfg, "select"), justify="right", no_wrap=True)
+    if test:
+        t.add_column(metric_on(cfg, "test"), justify="right", no_wrap=True)
+    for r in (r for r in rows if r["kind"] == "select"):
+        mark = " [bold green]★[/]" if r["note"] == "best on the selection split" else ""
+        select = _pm(r["runs"], r["value"]) if r["runs"] else f"[yellow]{escape(r['note'])}[/]"
+        cells = [escape(r["label"]) + mark, f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—", select]
+        if test:
+            other = test.get(r["trial"])
+            cells.append(_pm(other["runs"], other["value"]) if other and other["runs"] else "—")
+        t.add_row(*cells)
+    return t
+
+
+def rerank_summary(rows: list[dict], chain_best: int, tag: str) -> str:
+    winner = next((r["trial"] for r in rows if r["kind"] == "select" and r["note"] == "best on the selection split"),
+                  None)
+    if winner is None:
+        return "[yellow]no state could be scored on the selection split[/]"
+    ref = f"refs/nightlab/{tag}/select"
+    if winner == chain_best:
+        return f"the selection split agrees: trial {winner}, the end of the chain, is best there ({ref})"
+    return (f"[yellow]best on the selection split: trial {winner}, not the chain's best (trial {chain_best})[/]: "
+            f"what was kept after it may have fitted the validation split; {ref} points at it")

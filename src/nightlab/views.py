@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nightlab.config import Config
+from nightlab.decide import evidence_note
 from nightlab.ledger import Ledger, TrialRecord
 
 STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
@@ -18,7 +19,18 @@ def log_json(trials: list[TrialRecord]) -> list[dict]:
     return [t.public() for t in trials]
 
 
-def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str) -> dict:
+def evidence(ledger: Ledger) -> dict:
+    """What the keep rule could measure for this tag (known once the baseline finished)."""
+    examples = ledger.get("examples")
+    done = ledger.get("noise") is not None or ledger.get("deterministic") is not None or examples is not None
+    return {"deterministic": bool(ledger.get("deterministic", False)), "examples": examples,
+            "eval_se": ledger.get("eval_se"),
+            "keep_rule": evidence_note(ledger.get("noise"), bool(ledger.get("deterministic", False)),
+                                       examples is not None) if done else None}
+
+
+def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str,
+                evidence: dict | None = None) -> dict:
     base = next((t for t in trials if t.n == 0 and t.status == "baseline"), None)
     kept = [t for t in trials if t.status == "keep"]
     best = kept[-1] if kept else base
@@ -39,6 +51,7 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "seconds": sum(t.seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
         "running": [t.n for t in trials if t.status == "running"],
+        **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
     }
 
 
@@ -72,12 +85,17 @@ def summary_table(s: dict) -> Table:
     pct = ""
     if s["delta"] is not None and s["baseline"]:
         pct = f" ({100 * s['delta'] / abs(s['baseline']):+.1f}%)"
-    noise = f" ± {s['noise']:.3g}" if s["noise"] else ""
+    noise = f" ± {s['noise']:.3g}" if s["noise"] else " (deterministic)" if s.get("deterministic") else ""
     rows = [("tag", f"{s['tag']}  (branch {s['branch']})"),
             ("trials", f"{s['trials']} after the baseline, {s['kept']} kept"),
             (s["metric_name"], f"baseline {fmt(s['baseline'])}{noise} → best {fmt(s['best'])} "
                                f"(trial {s['best_trial']}, delta {fmt(s['delta'], True)}{pct}; {s['goal']})"),
             ("time", f"{s['seconds'] / 60:.1f} min of runs"), ]
+    if s.get("examples"):
+        rows.append(("evaluation", f"{s['examples']} examples per run, σ {s['eval_se']:.3g} (paired comparisons)"))
+    if s.get("keep_rule"):
+        warn = "no noise measured" in s["keep_rule"]
+        rows.append(("keep rule", f"[yellow]{escape(s['keep_rule'])}[/]" if warn else escape(s["keep_rule"])))
     if s["phase"]:
         rows.append(("phase", s["phase"]))
     if s["cost_usd"]:

@@ -66,7 +66,8 @@ def execute(cfg: Config, sandbox: Sandbox, job: Job) -> RunOutcome:
     out = RunOutcome(job=job.id, slot=job.slot, host=socket.gethostname(), hardware=hardware(job.spec.gpus),
                      started=time.time())
     try:
-        out.values = measure(cfg, sandbox, job.spec, seconds)
+        measured = measure(cfg, sandbox, job.spec, seconds)
+        out.values, out.examples = measured.values, measured.examples
     except TrialFailed as e:
         out.status, out.reason = e.status, str(e)
     out.seconds, out.finished = sum(seconds), time.time()

@@ -89,12 +89,17 @@ def _summary(data: ReportData) -> str:
     cards = [("trials", str(s["trials"]), "after the baseline"), ("kept", str(s["kept"]), "real improvements"),
              ("baseline → best", f"{num(s['baseline'])} → {num(s['best'])}",
               f"best: trial {s['best_trial']}" if s["best_trial"] is not None else ""),
-             ("delta", num(s["delta"], True), pct), ("noise", num(data.noise), "σ of the baseline's seeds"),
+             ("delta", num(s["delta"], True), pct),
+             ("noise", "deterministic" if s.get("deterministic") else num(data.noise), "σ of the baseline's seeds"),
+             *([("evaluation σ", num(s["eval_se"]), f"{s['examples']} examples, paired")] if s.get("examples") else []),
              ("hours", f"{data.hours:.2f}", f"{s['seconds'] / 3600:.2f} h of runs"),
              ("cost", f"${s['cost_usd']:.2f}", "agent spend")]
     body = "".join(f'<div class="card"><span>{esc(k)}</span><b>{esc(v)}</b><span>{esc(why)}</span></div>'
                    for k, v, why in cards)
-    return f'<h2>Summary</h2><div class="cards" id="summary">{body}</div>'
+    rule = s.get("keep_rule")
+    warn = rule and "no noise measured" in rule
+    note = f'<p class="{"reason" if warn else "sub"}" id="keep-rule">keep rule: {esc(rule)}</p>' if rule else ""
+    return f'<h2>Summary</h2><div class="cards" id="summary">{body}</div>{note}'
 
 
 def _chart(chart: bytes | None, dark_chart: bytes | None, note: str) -> str:
