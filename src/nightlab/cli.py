@@ -278,10 +278,16 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
     tag = _tag(cfg, tag)
     from nightlab import verify
 
+    _verify(cfg, tag, verify.Options(seeds, ablate, test, final, select))
+
+
+def _verify(cfg: config.Config, tag: str, opts: object) -> None:
+    """Run `nightlab verify` for a tag under its lock and print its tables."""
+    from nightlab import verify
+
     ledger = _existing(cfg, tag)
     with _lock(project.state_dir(cfg, tag)):
-        v = verify.Verifier(cfg, tag, ledger, verify.Options(seeds, ablate, test, final, select),
-                            lambda what: console.print(f"[dim]verify {escape(what)}[/]"))
+        v = verify.Verifier(cfg, tag, ledger, opts, lambda what: console.print(f"[dim]verify {escape(what)}[/]"))
         try:
             v.run()
         except KeyboardInterrupt:
@@ -291,11 +297,11 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
     rows = verify.latest(ledger) or []
     console.print(verify.table([r for r in rows if not r["kind"].startswith("select")], cfg.metric.name,
                                f"nightlab verify #{v.number} ({tag})"))
-    if select:
-        console.print(verify.rerank_table(rows, ledger.trials(), cfg))
-        console.print(verify.rerank_summary(rows, v.best.n, tag))
     console.print(f"effect = how much better the second column is (positive = better); seeds "
                   f"{v.seeds[0]}..{v.seeds[-1]}; runs: {project.state_dir(cfg, tag)}/verify/{v.number}/")
+    if v.opts.select:
+        console.print(verify.rerank_table(rows, ledger.trials(), cfg))
+        console.print(verify.rerank_summary(rows, v.best.n, tag))
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -340,6 +346,12 @@ def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where 
     project.prepare(cfg)
     reason = _session(cfg, "demo", trials, None)
     state = project.state_dir(cfg, "demo")
+    if cfg.data.select and any(t.status == "keep" for t in _existing(cfg, "demo").trials()):
+        from nightlab import verify
+
+        console.print("\n[bold]did the search fit the validation split?[/] every kept state re-scored on the "
+                      "selection split (never seen by a trial) and on test, one fresh seed each")
+        _verify(cfg, "demo", verify.Options(seeds=1, test=bool(cfg.data.test), select=True))
     console.print(f"stopped: {reason}\n\n[bold]where everything is[/]\n"
                   f"  project:  {dest}\n  ledger:   {state}/ledger.sqlite  (results.tsv beside it)\n"
                   f"  runs:     {state}/runs/<n>/  (run.log, metrics.json, diff.patch, brief.md)\n"

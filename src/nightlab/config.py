@@ -72,7 +72,6 @@ class KeepConfig(Section):
     threshold: Literal["auto"] | float = "auto"
     confirm: int = Field(2, ge=0)
     sigmas: float = Field(2.0, ge=0)  # auto threshold = sigmas x the standard error of the gain
-    select_gate: bool = False  # a validation win must not lose on [data] select (one extra run per candidate keep)
 
 
 class DataConfig(Section):

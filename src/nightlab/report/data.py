@@ -81,7 +81,7 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
         noise = ledger.get("noise")
         evidence = views.evidence(ledger)
         started = ledger.get("started")
-        verify = _verify_tables(ledger.db)
+        verify = _verify_tables(ledger.db, {t.n: t.metric for t in every})
         slots = views.slots_of(ledger)
     finally:
         ledger.close()
@@ -102,7 +102,7 @@ VERIFY_COLUMNS = {"run", "kind", "label", "runs", "reference_runs", "reference",
                   "ci_high", "p_value", "note"}
 
 
-def _verify_tables(db: sqlite3.Connection) -> list[VerifyTable]:
+def _verify_tables(db: sqlite3.Connection, val: dict[int, float | None]) -> list[VerifyTable]:
     """The latest `nightlab verify`, and any other `verify*` table shown as stored. A ledger without them
     (older, or verify never ran) gives nothing; a schema this code does not know is shown raw, not dropped."""
     out = []
@@ -114,7 +114,7 @@ def _verify_tables(db: sqlite3.Connection) -> list[VerifyTable]:
             rows = cur.fetchall()
             columns = [c[0] for c in cur.description]
             if rows and name == "verify" and VERIFY_COLUMNS <= set(columns):
-                out.append(_latest_verify([dict(zip(columns, r)) for r in rows]))
+                out += _latest_verify([dict(zip(columns, r)) for r in rows], val)
             elif rows:
                 out.append(VerifyTable(name, columns, rows))
     except sqlite3.Error:
@@ -122,12 +122,14 @@ def _verify_tables(db: sqlite3.Connection) -> list[VerifyTable]:
     return out
 
 
-def _latest_verify(rows: list[dict]) -> VerifyTable:
-    """The last verify run: each check's two sides (mean ± sd), the effect (positive = better), CI and p."""
+def _latest_verify(rows: list[dict], val: dict[int, float | None]) -> list[VerifyTable]:
+    """The last verify run: each check's two sides (mean ± sd), the effect (positive = better), CI and p;
+    and, after `verify --select`, every state's validation, selection and test scores side by side."""
     last = max(r["run"] for r in rows)
+    rows = [r for r in rows if r["run"] == last]
     table = VerifyTable(f"nightlab verify #{last}", ["kind", "check", "n", "baseline or without", "best",
                                                     "effect [95% CI]", "p", "note"], [])
-    for r in (r for r in rows if r["run"] == last):
+    for r in (r for r in rows if not r["kind"].startswith("select")):
         runs, ref = _floats(r["runs"]), _floats(r["reference_runs"])
         effect = "—" if r["effect"] is None else f"{r['effect']:+.4g}"
         if r["ci_low"] is not None and r["ci_high"] is not None:
@@ -135,7 +137,21 @@ def _latest_verify(rows: list[dict]) -> VerifyTable:
         p = "—" if r["p_value"] is None else "<0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}"
         table.rows.append((r["kind"], r["label"], len(runs) or "—", _pm(ref, r["reference"]), _pm(runs, r["value"]),
                            effect, p, r["note"] or ""))
-    return table
+    return [table, *_selection(rows, val, last)]
+
+
+def _selection(rows: list[dict], val: dict[int, float | None], last: int) -> list[VerifyTable]:
+    select = [r for r in rows if r["kind"] == "select"]
+    if not select:
+        return []
+    test = {r["trial"]: r for r in rows if r["kind"] == "select-test"}
+    table = VerifyTable(f"nightlab verify #{last}: re-ranking on the selection split",
+                        ["state", "validation (search)", "selection", "test", "note"], [])
+    for r in select:
+        other = test.get(r["trial"])
+        table.rows.append((r["label"], _pm([], val.get(r["trial"])), _pm(_floats(r["runs"]), r["value"]),
+                           _pm(_floats(other["runs"]), other["value"]) if other else "—", r["note"] or ""))
+    return [table]
 
 
 def _floats(text: object) -> list[float]:
