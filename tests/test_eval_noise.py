@@ -65,7 +65,9 @@ def _session(tmp_path, report: bool) -> tuple[list[dict], dict, str, str]:
     config = {"metric": {"name": "val_err", "goal": "minimize", "constraints": []},
               "keep": {"noise_runs": 5, "confirm": 2}, "run": {"timeout_s": 120}}
     proj = make_project(tmp_path / ("paired" if report else "plain"), train=text, config=config, ideas=ideas)
+    first = proj.run("--max-trials", "10", timeout=600)  # then resumed: the rest is judged from the ledger's values
     proc = proj.run("--max-trials", str(len(ideas)), timeout=600)
+    proc.stdout, proc.stderr = first.stdout + proc.stdout, first.stderr + proc.stderr
     brief = (proj.state() / "runs" / "1" / "brief.md").read_text()
     return proj.log_json(), proj.status_json(), proc.stdout + proc.stderr, brief
 
@@ -96,3 +98,24 @@ def test_without_per_example_values_the_same_stream_meets_a_plain_gate_and_says_
     assert len(kept) >= 2, kept  # what the paired rule is there to prevent: seed changes kept as wins
     assert "deterministic" in log[0]["reason"]  # the baseline's record says why there is no noise
     assert "the code gives the same number every run" in brief
+
+
+def test_trial_shows_the_per_example_values_and_a_candidate_that_breaks_the_pairing_is_invalid(tmp_path) -> None:
+    text, _ = _stream(report=True)
+    fewer = text.replace("for x, y in val]", "for x, y in val[:-1]]")
+    silent = text.replace("REPORT_EXAMPLES = True", "REPORT_EXAMPLES = False")
+    inconsistent = text.replace('"per_example": {"val_err": errors}', '"per_example": {"val_err": errors[::-1][:200] * 2}')
+    config = {"metric": {"name": "val_err", "goal": "minimize", "constraints": []}, "keep": {"noise_runs": 2}}
+    proj = make_project(tmp_path, train=text, config=config, ideas=[
+        idea("evaluate on one example fewer", content(fewer)),
+        idea("stop reporting per-example values", content(silent)),
+        idea("report values that do not match the metric", content(inconsistent))])
+    trial = proj.nl("trial")
+    assert trial.returncode == 0, trial.stderr
+    assert "per-example values: 400, their mean matches" in " ".join(trial.stdout.split())
+    proj.run("--max-trials", "3")
+    log = proj.log_json()
+    assert [t["status"] for t in log] == ["baseline", "invalid", "invalid", "invalid"]
+    assert "399 given, the baseline reported 400" in log[1]["reason"]
+    assert "per-example values missing (the baseline reported 400)" in log[2]["reason"]
+    assert "differs from the reported val_err" in log[3]["reason"]

@@ -201,11 +201,20 @@ def trial(config_path: ConfigOpt = None,
 
     keep_dir = project.state_dir(cfg, "manual") if record else None
     with tempfile.TemporaryDirectory(prefix="nightlab-trial-") as tmp:
-        values, problem, seconds, run_dir = run_once(cfg, keep_dir or Path(tmp))
+        values, problem, seconds, run_dir, examples = run_once(cfg, keep_dir or Path(tmp))
         kept = run_dir if record else "not kept (--record keeps them)"
         console.print(f"{'failed' if problem else 'ok'} after {seconds:.1f}s  ·  outputs: {kept}")
         for name, value in values.items():
             console.print(f"  {name}: {value:.6g}{' ←' if name == cfg.metric.name else ''}")
+        if examples is not None:
+            from nightlab.per_example import standard_error
+
+            weighted = " (weighted)" if examples.weights is not None else ""
+            console.print(f"  per-example values{weighted}: {len(examples)}, their mean matches; evaluation σ "
+                          f"{standard_error(examples):.4g} (the keep rule pairs them)")
+        elif not problem:
+            console.print("  [dim]no per-example values: the keep rule cannot see evaluation noise "
+                          "(README: The keep rule)[/]")
         if problem:  # the run's own last words usually say why
             from nightlab.metrics import log_tail
 

@@ -14,6 +14,7 @@ from nightlab.ledger import Ledger, TrialRecord
 from nightlab.executors import Executor, load_executor
 from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
+from nightlab.per_example import Examples
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
 from nightlab.types import RunSpec, Status
@@ -76,8 +77,9 @@ def _best_commit(state: Path) -> str:
     return kept[-1].commit_sha if kept else ""
 
 
-def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path]:
-    """Run the working tree as it is (no commit, no ledger): its metrics, any problem, seconds, run dir."""
+def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path, Examples | None]:
+    """Run the working tree as it is (no commit, no ledger): its metrics, any problem, seconds, run dir and the
+    primary metric's per-example values."""
     out.mkdir(parents=True, exist_ok=True)
     if out.is_relative_to(cfg.root):
         ignore_state_dir(cfg.root)
@@ -90,8 +92,9 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
                    grace_s=cfg.run.grace_s, **spec_fields(cfg, cfg.root))
     seconds: list[float] = []
     try:
-        return measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds).values, "", sum(seconds), run_dir
+        measured = measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds)
+        return measured.values, "", sum(seconds), run_dir, measured.examples
     except TrialFailed as e:
         evaluated = run_dir / "evaluate" / "evaluate.log"
         log = evaluated if evaluated.exists() else run_dir / "run.log"
-        return metrics.from_log(log), f"{e.status}: {e}", sum(seconds), run_dir
+        return metrics.from_log(log), f"{e.status}: {e}", sum(seconds), run_dir, None
