@@ -13,7 +13,10 @@ then replayed in memory with the real decide() and per_example.paired_se, as the
 deterministic train.py:
     nightlab default:  decide(metric, [value], best, 0.0, KeepConfig(), 1, paired_se(candidate, best))
     plain gate:        decide(metric, [value], best, 0.0, KeepConfig(), 1)   (keep iff strictly better)
-Both rules see the identical stream of proposals. Proposals are of two kinds:
+    nightlab, seeded:  the same learner, but train.py reads its seed from NIGHTLAB_SEED: the baseline's 5 noise
+                       runs measure the seed noise, a seed "change" in the code is a no-op, and every run of a
+                       candidate gets a fresh seed (confirmation runs as the loop makes them)
+All rules see the identical stream of proposals. Proposals are of two kinds:
 - no effect: only the hard-coded seed changes (the current best's configuration, another seed);
 - real: another configuration (more training data, more trees, ...) with the current best's seed, whose
   true effect is its mean over all seeds and the whole pool, in units of the validation standard error
@@ -28,7 +31,8 @@ Three measurements, for each metric (0/1 error and log-loss, both minimized):
    half): mean over sessions, negative = the validation score flatters it. The baseline's own val - test
    (zero on average: its split is random) is subtracted session by session, which only removes noise.
    Also the mixed stream's test gain of the final state over the baseline.
-The "seed lottery" line says why a seed-only change can pass a paired test: two seeds give two models
+The targets are for nightlab's default on the deterministic train.py; the seeded row shows what reading
+NIGHTLAB_SEED adds. The "seed lottery" line says why a seed-only change can pass a paired test: two seeds give two models
 whose difference is real on the whole population, not only on the validation split, and a hard-coded seed
 hides it from the noise runs (they all use the same seed).
 
@@ -48,6 +52,7 @@ scikit-learn: the dev extras).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from array import array
@@ -58,8 +63,8 @@ from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 
 from nightlab.config import KeepConfig
-from nightlab.decide import Verdict, decide
-from nightlab.per_example import Examples, paired_se
+from nightlab.decide import Verdict, decide, distinct, noise
+from nightlab.per_example import Examples, average, paired_se
 from nightlab.types import Metric
 from synthetic import wilson
 
@@ -82,7 +87,8 @@ CONFIGS = {
 }
 SMOOTH = 0.01  # log-loss of the predicted probabilities mixed with 1% of uniform, so a 0 is finite
 METRIC = Metric("val_loss", "minimize")
-RULES = ("nightlab default", "plain gate")
+SEEDED = "nightlab, seeded"  # the same learner with train.py reading NIGHTLAB_SEED: seed noise is measured
+RULES = ("nightlab default", "plain gate", SEEDED)
 
 
 def fit_all(seeds: int) -> dict[str, np.ndarray]:
@@ -104,28 +110,61 @@ def fit_all(seeds: int) -> dict[str, np.ndarray]:
 
 
 class Session:
-    """One session's validation split: the per-example values of any (config, seed) on it, cached."""
+    """One session's validation split: the per-example values of any state on it, cached. A state is
+    (configuration, seeds): one seed for a deterministic train.py, its runs' seeds for a seeded one."""
 
-    def __init__(self, values: np.ndarray, val: np.ndarray, test: np.ndarray) -> None:
+    def __init__(self, values: np.ndarray, val: np.ndarray, test: np.ndarray, seeds: list[int]) -> None:
         self.values, self.val, self.test, self.cache = values, val, test, {}
+        self.seeds, self.next = seeds, 0
 
-    def examples(self, state: tuple[int, int]) -> Examples:
-        if state not in self.cache:
-            self.cache[state] = Examples(array("d", self.values[state][self.val].tobytes()))
-        return self.cache[state]
+    def fresh(self) -> int:
+        """A seed this session has not used lately (NIGHTLAB_SEED differs for every run of the loop)."""
+        self.next += 1
+        return self.seeds[self.next % len(self.seeds)]
 
-    def test_value(self, state: tuple[int, int]) -> float:
-        return float(self.values[state][self.test].mean())
+    def run(self, c: int, seed: int) -> Examples:
+        if (c, seed) not in self.cache:
+            self.cache[c, seed] = Examples(array("d", self.values[c, seed][self.val].tobytes()))
+        return self.cache[c, seed]
 
-    def gap(self, state: tuple[int, int]) -> float:
-        return self.examples(state).mean - self.test_value(state)
+    def examples(self, state: tuple[int, tuple[int, ...]]) -> Examples:
+        return average([self.run(state[0], seed) for seed in state[1]])
+
+    def runs(self, state: tuple[int, tuple[int, ...]]) -> list[float]:
+        return [self.run(state[0], seed).mean for seed in state[1]]
+
+    def test_value(self, state: tuple[int, tuple[int, ...]]) -> float:
+        return float(np.mean([self.values[state[0], seed][self.test].mean() for seed in state[1]]))
+
+    def gap(self, state: tuple[int, tuple[int, ...]]) -> float:
+        return float(np.mean(self.runs(state))) - self.test_value(state)
 
 
-def kept(rule: str, s: Session, cand: tuple[int, int], best: tuple[int, int]) -> bool:
-    """The loop's decision for a deterministic train.py (sigma 0, one run each side)."""
-    c, b = s.examples(cand), s.examples(best)
-    eval_se = paired_se(c, b) if rule == "nightlab default" else None
-    return decide(METRIC, [c.mean], b.mean, 0.0, KeepConfig(), 1, eval_se).verdict == Verdict.KEEP
+def baseline(rule: str, s: Session) -> tuple[int, tuple[int, ...]]:
+    """The baseline's state: one run of deterministic code (two identical runs count as one), else 5 seeds."""
+    return (0, (s.seeds[0],)) if rule != SEEDED else (0, tuple(s.fresh() for _ in range(KeepConfig().noise_runs)))
+
+
+def propose(rule: str, s: Session, best: tuple[int, tuple[int, ...]], config: int, seed_only: bool,
+            new_seed: int) -> tuple[int, tuple[int, ...]]:
+    """A proposal's first run. Deterministic code: a seed-only change runs the new hard-coded seed, a real change
+    keeps the best's seed. Seeded code ignores a hard-coded seed: every run gets a fresh NIGHTLAB_SEED."""
+    if rule == SEEDED:
+        return config, (s.fresh(),)
+    return (config, (new_seed,)) if seed_only else (config, best[1])
+
+
+def kept(rule: str, s: Session, cand: tuple[int, tuple[int, ...]], best: tuple[int, tuple[int, ...]],
+         sigma: float) -> tuple[bool, tuple[int, tuple[int, ...]]]:
+    """The loop's decision (confirmation runs included for seeded code) and the candidate's final state."""
+    while True:
+        c, b = s.examples(cand), s.examples(best)
+        eval_se = paired_se(c, b) if rule != "plain gate" else None
+        runs, best_runs = s.runs(cand), s.runs(best)
+        d = decide(METRIC, runs, statistics.fmean(best_runs), sigma, KeepConfig(), distinct(best_runs), eval_se)
+        if d.verdict != Verdict.CONFIRM:
+            return d.verdict == Verdict.KEEP, cand
+        cand = (cand[0], (*cand[1], s.fresh()))
 
 
 @dataclass
@@ -155,44 +194,51 @@ def measure(values: np.ndarray, sessions: int, trials: int, n_val: int, seed: in
     effect = (truth[0] - truth) / se  # positive = better than the baseline, in validation SEs
     rng = np.random.default_rng(seed)
 
-    def session() -> tuple[Session, list[int]]:
+    def session() -> Session:
         order = rng.permutation(n_pool)
-        return Session(values, order[:n_val], order[n_val:]), [int(v) for v in rng.permutation(n_seeds)]
+        return Session(values, order[:n_val], order[n_val:], [int(v) for v in rng.permutation(n_seeds)])
+
+    def start(r: str, s: Session) -> tuple[tuple[int, tuple[int, ...]], float]:
+        base = baseline(r, s)
+        return base, (noise(s.runs(base)) or 0.0) if r == SEEDED else 0.0
 
     noop, first = {r: Tally() for r in RULES}, {r: Tally() for r in RULES}
     for _ in range(sessions):
-        s, seeds = session()
+        s = session()
         for r in RULES:
-            best = (0, seeds[0])
+            base, sigma = start(r, s)
+            best = base
             for t in range(1, trials + 1):
-                cand = (best[0], seeds[t % n_seeds])
-                k = kept(r, s, cand, best)
+                k, cand = kept(r, s, propose(r, s, best, best[0], True, s.seeds[t % n_seeds]), best, sigma)
                 noop[r].add(k)
                 if t == 1:
                     first[r].add(k)
                 best = cand if k else best
-            noop[r].gaps.append(s.gap(best) - s.gap((0, seeds[0])))
+            noop[r].gaps.append(s.gap(best) - s.gap(base))
 
     real = {(r, c): Tally() for r in RULES for c in range(1, n_configs) if effect[c] > 0}
     for _ in range(sessions):
-        s, seeds = session()
+        s = session()
+        bases = {r: start(r, s) for r in RULES}
         for r, c in real:
-            real[r, c].add(kept(r, s, (c, seeds[0]), (0, seeds[0])))
+            base, sigma = bases[r]
+            real[r, c].add(kept(r, s, propose(r, s, base, c, False, 0), base, sigma)[0])
 
     mixed = {r: Tally() for r in RULES}
     for _ in range(sessions):
-        s, seeds = session()
-        stream = [(bool(rng.random() < 0.5), int(rng.integers(1, n_configs)), seeds[t % n_seeds])
+        s = session()
+        stream = [(bool(rng.random() < 0.5), int(rng.integers(1, n_configs)), s.seeds[t % n_seeds])
                   for t in range(1, trials + 1)]
         for r in RULES:
-            best = (0, seeds[0])
+            base, sigma = start(r, s)
+            best = base
             for seed_only, step, new_seed in stream:
                 # a seed-only change keeps the configuration; a real one moves to another configuration
-                cand = (best[0], new_seed) if seed_only else ((best[0] + step) % n_configs, best[1])
-                if kept(r, s, cand, best):
-                    best = cand
-            mixed[r].gaps.append(s.gap(best) - s.gap((0, seeds[0])))
-            mixed[r].gains.append(s.test_value((0, seeds[0])) - s.test_value(best))
+                config = best[0] if seed_only else (best[0] + step) % n_configs
+                k, cand = kept(r, s, propose(r, s, best, config, seed_only, new_seed), best, sigma)
+                best = cand if k else best
+            mixed[r].gaps.append(s.gap(best) - s.gap(base))
+            mixed[r].gains.append(s.test_value(base) - s.test_value(best))
     return {"truth": truth, "se": se, "effect": effect, "noop": noop, "first": first, "real": real, "mixed": mixed,
             **lottery(values[0], n_val)}
 
@@ -237,11 +283,11 @@ def report(name: str, m: dict, sessions: int, trials: int, n_val: int) -> None:
     for c in sorted({c for _, c in m["real"]}, key=lambda c: m["effect"][c]):
         cells = "".join(f"{r:>20}: {m['real'][r, c].cell()}" for r in RULES)
         print(f"  {names[c]:<26} {m['effect'][c]:+5.2f} SE{cells}")
-    ratio = {k: abs(float(np.mean(m[k]["nightlab default"].gaps)) / float(np.mean(m[k]["plain gate"].gaps)))
-             for k in ("noop", "mixed")}
-    print(f"targets: no-effect kept {m['noop']['nightlab default'].kept / m['noop']['nightlab default'].trials:.1%} "
-          f"(<= 5%), real at 2 SE {rates['nightlab default']:.1%} (>= 80%), |gap| {ratio['noop']:.0%} (no-effect "
-          f"stream) and {ratio['mixed']:.0%} (mixed stream) of the plain gate's (<= 30%)")
+    for r in ("nightlab default", SEEDED):
+        ratio = {k: abs(float(np.mean(m[k][r].gaps)) / float(np.mean(m[k]["plain gate"].gaps))) for k in ("noop", "mixed")}
+        print(f"targets, {r}: no-effect kept {m['noop'][r].kept / m['noop'][r].trials:.1%} (<= 5%), real at 2 SE "
+              f"{rates[r]:.1%} (>= 80%), |gap| {ratio['noop']:.0%} (no-effect stream) and {ratio['mixed']:.0%} (mixed "
+              "stream) of the plain gate's (<= 30%)")
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ def decide(metric: Metric, runs: list[float], best: float, sigma: float | None, 
 def evidence_note(sigma: float | None, deterministic_baseline: bool, paired: bool) -> str:
     """What the keep rule can see, in one line; a warning when it sees no noise at all."""
     if paired:
-        seed = ("the code is deterministic (identical noise runs), so evaluation noise alone sets the threshold"
+        seed = ("the code is deterministic (identical noise runs: it ignores NIGHTLAB_SEED), so which model a seed "
+                "happens to give cannot be measured; reading the seed from NIGHTLAB_SEED guards against that too"
                 if deterministic_baseline else "seed noise measured" if sigma else "seed noise not measured")
         return f"paired per-example comparison: evaluation noise measured; {seed}"
     if sigma:
