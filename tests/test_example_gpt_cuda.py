@@ -3,12 +3,14 @@
 No GPU is needed: the fast tests check the files and run prepare.py; train.py is run without CUDA
 (one clear line, exit 1) and, in the slow test, through `nightlab trial` in its CPU smoke mode
 (GPT_CUDA_SMOKE=1: a tiny model, a real forward, backward, optimizer step and the fixed
-evaluation). The GPU figures come from benchmarks/gpt_cuda_device.sh on a GPU machine.
+evaluation, which writes each window's bpb and byte count to metrics.json). The GPU figures come
+from benchmarks/gpt_cuda_device.sh on a GPU machine.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 import subprocess
@@ -19,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from nlkit import CLI, ROOT, git, isolated_env
-from test_examples import CORPUS_SHA256, SPLIT_SHA256, sha256
+from test_example_quickstart import check_per_example
+from test_examples import CORPUS_SHA256, SPLIT_SHA256, check_bpb_evaluation, sha256
 
 GPT_CUDA = ROOT / "examples" / "gpt-cuda"
 DEVICE_SCRIPT = ROOT / "benchmarks" / "gpt_cuda_device.sh"
@@ -122,6 +125,14 @@ def test_gpt_cuda_prepare_splits_like_tinylm_and_takes_a_text_of_ones_own(tmp_pa
     assert (tmp_path / "data" / "SOURCE").read_text().startswith("mine.txt")  # left as it was
 
 
+def test_gpt_cuda_evaluation_reports_every_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "prepare.py").write_bytes((GPT_CUDA / "prepare.py").read_bytes())
+    (tmp_path / "corpus.txt.xz").write_bytes((GPT_CUDA / "corpus.txt.xz").read_bytes())
+    proc = run_prepare(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    check_bpb_evaluation(GPT_CUDA, tmp_path, 256, 1024, monkeypatch)  # 256 KiB in windows of 1,024 bytes
+
+
 def test_gpt_cuda_without_a_gpu_stops_with_one_clear_line(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -179,3 +190,7 @@ def test_gpt_cuda_smoke_trains_through_the_cli(tmp_path: Path) -> None:
     assert metrics["num_steps"] >= 1 and metrics["tokens_per_s"] > 0 and metrics["depth"] == 2
     assert "mfu_percent" not in metrics  # no GPU, no peak to divide by: no made-up MFU
     assert "gpu:              none (CPU smoke test)" in logs[0].read_text()
+    # the same evaluation path as on a GPU: every window's bpb, weighted by its bytes, in metrics.json
+    saved = json.loads((logs[0].parent / "metrics.json").read_text())
+    check_per_example(saved, "val_bpb", 256, weighted=True)
+    assert saved["val_bpb"] == pytest.approx(metrics["val_bpb"], rel=1e-6)

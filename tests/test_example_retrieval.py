@@ -2,14 +2,17 @@
 
 The fast tests generate the data and check it array for array against known digests, parse every val
 caption back with the grammar and check it against the scene it describes, and check the evaluation on
-embeddings whose ranks are known. The slow one copies the example with `nightlab init --example`,
-prepares it, and trains the real dual encoder through the CLI at a budget of a few seconds.
+embeddings whose ranks are known, with its 2,000 per-example ranks. The slow one copies the example with
+`nightlab init --example`, prepares it, trains the real dual encoder through the CLI at a budget of a
+few seconds (its metrics.json holds every rank), scores the select split with NIGHTLAB_SPLIT=select,
+and checks that a trial cannot read that split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlkit import ROOT, example_cli, one_optuna_trial
+from nlkit import ROOT, example_cli, isolated_env, one_optuna_trial
+from test_example_quickstart import check_per_example, summary, trial_visibility
 
 RETRIEVAL = ROOT / "examples" / "retrieval"
 # Digests of the generated arrays (name, dtype, shape and bytes of each, in name order): a change
@@ -27,6 +31,7 @@ SPLIT_DIGEST = {
     "train": "4a7cc1ba08ac5cb30507f644afa7257469ba7f76aaa7f18d781b2ee8fe694638",
     "val": "5406457008d6116b5bede43cac64cf6cb9d417d6868ed156e4c7ff773a8e27d9",
     "test": "1d86ea8737c2954c3c36fe74b7ac41c0e9ca8ea2eb8ac289b8e136b78cab7194",
+    "select": "9ee7b26a3f918bda55708780013cccbd0121245cdca629780a238abe295a39ba",  # added later; moved no other
 }
 SIZE_OF = {"large": "large", "big": "large", "small": "small", "little": "small", "tiny": "small"}
 ROW_OF = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
@@ -71,6 +76,12 @@ def test_retrieval_data_is_deterministic_and_prepare_is_idempotent(prepared: Pat
     proc = subprocess.run([sys.executable, "prepare.py"], cwd=prepared, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "already prepared" in proc.stdout
     assert (prepared / "data" / "train.npz").stat().st_mtime_ns == mtime
+    # data/ from before the select split existed: prepare adds it and leaves the other splits alone
+    (prepared / "data" / "select.npz").unlink()
+    proc = subprocess.run([sys.executable, "prepare.py"], cwd=prepared, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "select.npz" in proc.stdout and "train.npz" not in proc.stdout
+    assert (prepared / "data" / "train.npz").stat().st_mtime_ns == mtime
+    assert digest(prepared / "data" / "select.npz") == SPLIT_DIGEST["select"]
 
 
 def parse_caption(text: str) -> list[dict]:
@@ -137,6 +148,7 @@ def test_retrieval_evaluation_ranks_ties_half_and_is_fixed(prep, prepared: Path,
 
     res = prep.evaluate_retrieval(constant, constant)  # every candidate ties: the middle rank of 1,000
     assert res["val_mean_rank"] == 500.5 and res["val_r10"] == 0.0 and res["val_median_rank"] == 500.5
+    assert (res["per_example"]["val_mean_rank"] == 500.5).all()
 
     def colour_sum(x):  # a crude but real image encoder
         return x.mean(dim=(2, 3))
@@ -145,9 +157,38 @@ def test_retrieval_evaluation_ranks_ties_half_and_is_fixed(prep, prepared: Path,
         return torch.nn.functional.one_hot(t, prep.VOCAB_SIZE).float().sum(1)[:, 9:12]
 
     first, second = prep.evaluate_retrieval(colour_sum, bag), prep.evaluate_retrieval(colour_sum, bag)
+    ranks = first.pop("per_example")["val_mean_rank"]
+    assert np.array_equal(ranks, second.pop("per_example")["val_mean_rank"])
     assert first == second and set(first) == {f"val_{k}" for k in (
         "mean_rank", "r1", "r5", "r10", "median_rank", "i2t_mean_rank", "t2i_mean_rank")}
     assert first["val_mean_rank"] == pytest.approx((first["val_i2t_mean_rank"] + first["val_t2i_mean_rank"]) / 2)
+    # the 2,000 ranks: 1,000 image->text, then 1,000 text->image, each from 1 to 1,000 in steps of a half;
+    # the metric is exactly their mean
+    assert ranks.shape == (2000,) and ranks.min() >= 1.0 and ranks.max() <= 1000.0 and (ranks * 2 % 1 == 0).all()
+    assert ranks.mean() == first["val_mean_rank"] and np.median(ranks) == first["val_median_rank"]
+    assert ranks[:1000].mean() == first["val_i2t_mean_rank"] and ranks[1000:].mean() == first["val_t2i_mean_rank"]
+    assert (ranks <= 1).mean() == first["val_r1"]
+
+    selected = prep.evaluate_retrieval(colour_sum, bag, "select")  # the same encoders on the select scenes
+    assert set(selected["per_example"]) == {"select_mean_rank"} and "val_mean_rank" not in selected
+    assert selected["per_example"]["select_mean_rank"].mean() == selected["select_mean_rank"]
+    assert selected["select_mean_rank"] != first["val_mean_rank"]
+
+
+def test_retrieval_write_metrics_hands_nightlab_every_rank(prep, prepared: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.chdir(prepared)
+    monkeypatch.setenv("NIGHTLAB_RUN_DIR", str(tmp_path))
+    generator = torch.Generator().manual_seed(0)
+    image_proj, text_proj = torch.randn(3, 16, generator=generator), torch.randn(prep.VOCAB_SIZE, 16, generator=generator)
+    res = prep.evaluate_retrieval(lambda x: x.mean(dim=(2, 3)) @ image_proj,
+                                  lambda t: torch.nn.functional.one_hot(t, prep.VOCAB_SIZE).float().sum(1) @ text_proj)
+    prep.write_metrics(res)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    ranks = check_per_example(metrics, "val_mean_rank", 2000)
+    assert metrics["val_mean_rank"] == res["val_mean_rank"] and metrics["val_r10"] == res["val_r10"]
+    assert np.array_equal(ranks, res["per_example"]["val_mean_rank"])
 
 
 def test_retrieval_config_loads_and_its_search_space_matches_train_py() -> None:
@@ -158,6 +199,7 @@ def test_retrieval_config_loads_and_its_search_space_matches_train_py() -> None:
     assert cfg.metric.name == "val_mean_rank" and cfg.metric.goal == "minimize"
     assert 60 <= cfg.run.budget_s <= 120 and cfg.project.protected == ["prepare.py"]
     assert cfg.data.test == ["data/test.npz"] and cfg.phases.allow_web == [5]
+    assert cfg.data.select == ["data/select.npz"]  # hidden from trials like test
     space = build_space(RETRIEVAL, cfg.project.editable, cfg.agent.search)
     assert set(cfg.agent.search) <= set(space)  # every override names a knob of train.py
     assert {"LEARNING_RATE", "BATCH_SIZE", "LOGIT_SCALE_MAX", "HEATMAP_WEIGHT", "TEXT_LAYERS"} <= set(space)
@@ -175,11 +217,34 @@ def test_retrieval_trains_through_the_cli(tmp_path: Path) -> None:
     nl("prepare")
     assert {name: digest(dest / "data" / f"{name}.npz") for name in SPLIT_DIGEST} == SPLIT_DIGEST
 
-    out = nl("trial").stdout
+    out = nl("trial", "--record").stdout
     assert "val_mean_rank" in out and "val_r1" in out and "logit_scale" in out
+    [run_dir] = (dest / ".nightlab" / "manual").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    check_per_example(metrics, "val_mean_rank", 2000)
+    assert summary((run_dir / "run.log").read_text())["val_mean_rank"] == pytest.approx(metrics["val_mean_rank"], rel=1e-6)
+
+    # NIGHTLAB_SPLIT=select (what `nightlab verify --select` sets): trained as usual, scored on the select split
+    select_dir = tmp_path / "select-run"
+    select_dir.mkdir()
+    env = isolated_env(tmp_path / "home") | {"NIGHTLAB_SPLIT": "select", "NIGHTLAB_BUDGET_S": "6",
+                                             "NIGHTLAB_RUN_DIR": str(select_dir)}
+    proc = subprocess.run([sys.executable, "train.py"], cwd=dest, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed, metrics = summary(proc.stdout), json.loads((select_dir / "metrics.json").read_text())
+    assert "val_mean_rank" not in printed and "val_mean_rank" not in metrics
+    check_per_example(metrics, "select_mean_rank", 2000)
+    assert printed["select_mean_rank"] == pytest.approx(metrics["select_mean_rank"], rel=1e-6)
 
     base = one_optuna_trial(nl)[0]
     # a few seconds of training on a busy machine: far from converged, but well under chance (500.5)
-    assert 1.0 <= base["metric"] < 400.0
+    assert 1.0 <= base["metric"] < 400.0, base["metrics"]
     assert base["metrics"]["num_steps"] >= 1 and base["metrics"]["num_params_M"] > 0.5
     assert 0.0 <= base["metrics"]["val_r1"] <= base["metrics"]["val_r5"] <= base["metrics"]["val_r10"] <= 1.0
+
+    # and a trial cannot read the select split (nor test), though prepare wrote both
+    edit = dest / "nightlab.toml"
+    edit.write_text(edit.read_text().replace('command = "python train.py"', 'command = "python probe.py"'))
+    seen = trial_visibility(nl, dest)
+    assert seen["train_readable"] == seen["val_readable"] == 1.0
+    assert seen["test_readable"] == seen["select_readable"] == seen["select_loaded"] == 0.0

@@ -1,13 +1,17 @@
 """The torch examples (examples/tinylm): the shipped corpus, the deterministic split, and real trials.
 
-The fast tests check the corpus file and the data preparation byte for byte. The slow ones copy
-the example with `nightlab init --example`, prepare it, and train the real model through the
-CLI at a budget of a few seconds (`nightlab trial`, then a baseline and one optuna trial).
+The fast tests check the corpus file and the data preparation byte for byte, and the fixed
+evaluation's per-window bits per byte on a small fixed model. The slow ones copy the example with
+`nightlab init --example`, prepare it, and train the real model through the CLI at a budget of a
+few seconds (`nightlab trial`, whose metrics.json holds each window's bpb and byte count, then a
+baseline and one optuna trial).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import lzma
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nlkit import ROOT, example_cli, one_optuna_trial
+from test_example_quickstart import check_per_example, summary
 
 TINYLM = ROOT / "examples" / "tinylm"
 CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"  # as build_corpus.py printed it
@@ -63,6 +68,37 @@ def test_tinylm_prepare_is_deterministic_and_refuses_a_changed_corpus(tmp_path: 
     assert proc.returncode != 0 and "sha256" in proc.stderr and not (corrupt / "data").exists()
 
 
+def check_bpb_evaluation(example: Path, cwd: Path, windows: int, window_bytes: int,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An example's evaluate_bpb, on the prepared data in cwd, with a small fixed byte model: each
+    window's bpb weighted by its byte count averages to val_bpb, and write_metrics hands both over."""
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location(f"{example.name}_prepare", example / "prepare.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("NIGHTLAB_RUN_DIR", str(cwd))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(256, 8), torch.nn.Linear(8, 256))  # a bigram model
+    res = prep.evaluate_bpb(model)
+    prep.write_metrics(res)
+    metrics = json.loads((cwd / "metrics.json").read_text())
+    bpb = check_per_example(metrics, "val_bpb", windows, weighted=True)
+    assert metrics["per_example_weight"]["val_bpb"] == [float(window_bytes)] * windows
+    assert metrics["val_bpb"] == res["val_bpb"] and 6.0 < res["val_bpb"] < 10.0  # an untrained model: near 8 bits
+    assert bpb.std() > 0.01  # the windows differ: per-window values, not one number repeated
+    # the metric is the summed nats over the summed bytes: the windows' mean here, as all are full
+    assert res["val_bpb"] == pytest.approx(bpb.mean(), rel=1e-12)
+
+
+def test_tinylm_evaluation_reports_every_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("prepare.py", "corpus.txt.xz"):
+        (tmp_path / name).write_bytes((TINYLM / name).read_bytes())
+    proc = subprocess.run([sys.executable, "prepare.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    check_bpb_evaluation(TINYLM, tmp_path, 512, 256, monkeypatch)  # 128 KiB in windows of 256 bytes
+
+
 def test_tinylm_config_loads_and_its_search_space_matches_train_py() -> None:
     from nightlab.agents.optuna import build_space
     from nightlab.config import load
@@ -91,8 +127,12 @@ def test_tinylm_trains_through_the_cli(tmp_path: Path) -> None:
     nl("prepare")
     assert {name: sha256(dest / "data" / f"{name}.bin") for name in SPLIT_SHA256} == SPLIT_SHA256
 
-    out = nl("trial").stdout
+    out = nl("trial", "--record").stdout
     assert "val_bpb" in out and "num_steps" in out
+    [run_dir] = (dest / ".nightlab" / "manual").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    check_per_example(metrics, "val_bpb", 512, weighted=True)
+    assert summary((run_dir / "run.log").read_text())["val_bpb"] == pytest.approx(metrics["val_bpb"], rel=1e-6)
 
     base = one_optuna_trial(nl)[0]
     # a few seconds of training (a handful of warm-up steps on a busy machine): far from converged,

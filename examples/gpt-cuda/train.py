@@ -11,7 +11,7 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_BUDGET_S  float, the time budget in wall-clock seconds, start-up and compilation
                        included (default 300). When it is spent, training stops and the model
                        is evaluated as it is.
-    NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
+    NIGHTLAB_RUN_DIR   where a run may write files: metrics.json (val_bpb and each window's bpb)
     NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
     NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
     GPT_CUDA_SMOKE     "1": no GPU needed: a tiny model on the CPU in float32, without
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import SEQ_LEN, VOCAB_SIZE, evaluate_bpb, load_split
+from prepare import SEQ_LEN, VOCAB_SIZE, evaluate_bpb, load_split, write_metrics
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
@@ -274,6 +274,7 @@ t_eval = time.perf_counter()
 with autocast:  # the uncompiled model: the evaluation's batch shape would trigger a second compilation
     results = evaluate_bpb(raw_model, split)
 eval_seconds = time.perf_counter() - t_eval
+write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same val_bpb, and each window's, weighted by its bytes
 gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU smoke test)"
 peak = peak_tflops(gpu_name) if device.type == "cuda" else None
 if device.type == "cuda":

@@ -10,8 +10,9 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_SEED      int, seeds everything (default 0)
     NIGHTLAB_BUDGET_S  float, the time budget in wall-clock seconds, start-up included (default 8).
                        When it is spent, training stops and the model is evaluated as it is.
-    NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
-    NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
+    NIGHTLAB_RUN_DIR   where a run may write files: metrics.json (the metric and its per-example values)
+    NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test",
+                       `nightlab verify --select` sets "select" (the selection split, hidden from trials)
     NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
 
 The last lines on stdout are the summary block that nightlab reads (`name: value`).
@@ -32,7 +33,7 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
-from prepare import NUM_CLASSES, evaluate, load_split
+from prepare import NUM_CLASSES, evaluate, load_split, write_metrics
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
@@ -55,9 +56,9 @@ seed = int(os.environ.get("NIGHTLAB_SEED", "0"))
 budget_s = float(os.environ.get("NIGHTLAB_BUDGET_S", "8"))
 rng = np.random.default_rng(seed)
 
-split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate() scores at the end
+split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate() scores at the end: val, select or test
 
-X_train, y_train = load_split("train")  # (1077, 64) float32 in [0, 1], (1077,) int64
+X_train, y_train = load_split("train")  # (717, 64) float32 in [0, 1], (717,) int64
 if os.environ.get("NIGHTLAB_FINAL") == "1":  # the final retrain before a test evaluation: train+val
     X_val, y_val = load_split("val")
     X_train, y_train = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
@@ -190,9 +191,10 @@ if not all(np.isfinite(p).all() for p in params):
     print("FAIL")
     sys.exit(1)
 results = evaluate(predict_proba, split)
+write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same loss, and the loss of every image
 peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 print("---")
-print(f"{split + '_loss:':<18}{results[split + '_loss']:.6f}")
+print(f"{split + '_loss:':<18}{results[split + '_loss']:.6g}")
 print(f"{split + '_accuracy:':<18}{results[split + '_accuracy']:.4f}")
 print(f"training_seconds: {training_seconds:.1f}")
 print(f"peak_memory_gb:   {peak_memory_gb:.3f}")

@@ -6,16 +6,24 @@ This file is PROTECTED: the agent never edits it. It does two things:
    one per cell of a 3x3 grid) with numpy from fixed seeds, renders them at 32x32 RGB, and
    writes a compositional caption for each that mentions only 2 or 3 of the objects, sometimes
    without their size, colour, shape or position ("a large red circle at the top left and a
-   small blue ring in the center"). Each split (train 10,000, val 1,000, test 1,000 pairs) has
-   its own seed, and goes to data/<split>.npz: `images` uint8 (N, 3, 32, 32), `tokens` uint8
+   small blue ring in the center"). Each split (train 10,000, val 1,000, test 1,000 and select
+   1,000 pairs) has its own seed, and goes to data/<split>.npz: `images` uint8 (N, 3, 32, 32), `tokens` uint8
    (N, MAX_TOKENS) word ids padded with 0, and `boxes` int16 (N, MAX_OBJECTS, 4), each object's
    x0, y0, x1, y1 in pixels, -1 rows for no object (the "expert annotation", see
-   `expert_heatmaps`). It is idempotent (pass --force to rewrite).
-2. train.py imports `load_split` and `evaluate_retrieval` from here, so every experiment is
-   scored the same way: the mean rank of the true partner among all pairs of the split,
-   averaged over image->text and text->image (1 is perfect, about 500 is chance).
+   `expert_heatmaps`). It is idempotent: it writes only the splits that are missing (pass
+   --force to rewrite them all).
+2. train.py imports `load_split`, `evaluate_retrieval` and `write_metrics` from here, so every
+   experiment is scored the same way: the mean rank of the true partner among all pairs of the
+   split, averaged over image->text and text->image (1 is perfect, about 500 is chance), and
+   each of the 2N ranks ("per_example": the N image->text ranks, then the N text->image ranks,
+   in the split's order), which `write_metrics` hands to nightlab in metrics.json.
+
+The select split is nightlab's selection split ([data] select): no trial sees it.
+`nightlab verify --select` sets NIGHTLAB_SPLIT=select and train.py, trained as usual, is
+scored on it instead of val (`select_mean_rank`).
 """
 
+import json
 import os
 import sys
 
@@ -25,14 +33,15 @@ import numpy as np
 # Constants (fixed: changing them changes the task)
 
 DATA_DIR = "data"             # relative to the current directory
-SPLITS = ("train", "val", "test")
-SPLIT_SIZE = {"train": 10_000, "val": 1_000, "test": 1_000}
-SPLIT_SEED = {"train": 1234, "val": 1235, "test": 1236}
+SPLITS = ("train", "val", "test", "select")
+SPLIT_SIZE = {"train": 10_000, "val": 1_000, "test": 1_000, "select": 1_000}
+SPLIT_SEED = {"train": 1234, "val": 1235, "test": 1236, "select": 1237}
 IMAGE_SIZE = 32               # pixels per side, RGB
 GRID = 3                      # objects sit in the cells of a GRID x GRID grid, at most one per cell
 MIN_OBJECTS, MAX_OBJECTS = 2, 4
 MAX_TOKENS = 28               # the longest caption is 26 tokens (3 full phrases, "," and "and")
 EVAL_BATCH = 500              # pairs per forward pass in the evaluation (does not change the result)
+PER_EXAMPLE_JSON_MAX = 20_000 # longer per-example vectors are written as .npy files, not JSON
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40),
            "purple": (150, 60, 200), "cyan": (40, 200, 210), "orange": (240, 140, 30), "white": (235, 235, 235)}
@@ -163,12 +172,13 @@ def _path(name):
 
 
 def prepare(force=False):
-    """Write data/{train,val,test}.npz; does nothing if they are already there."""
-    if not force and all(os.path.isfile(_path(name)) for name in SPLITS):
+    """Write data/{train,val,test,select}.npz; a split already there is left alone (unless force)."""
+    missing = [name for name in SPLITS if force or not os.path.isfile(_path(name))]
+    if not missing:
         print(f"{DATA_DIR}/ already prepared (pass --force to rewrite)")
         return
     os.makedirs(DATA_DIR, exist_ok=True)
-    for name in SPLITS:
+    for name in missing:                          # each split from its own seed: one never moves another
         arrays = generate(name)
         tmp = _path(name) + ".tmp"
         with open(tmp, "wb") as f:                # write-then-rename: never a half-written file
@@ -219,7 +229,9 @@ def evaluate_retrieval(encode_images, encode_texts, split="val"):
     (B, D) embeddings; `encode_texts(t)` takes an int64 tensor (B, MAX_TOKENS) of word ids, 0 =
     padding, and returns (B, D). Both are L2-normalised here and compared by cosine similarity.
     Returns {"<split>_mean_rank", "<split>_r1", "_r5", "_r10" (fractions), "_median_rank",
-    "_i2t_mean_rank", "_t2i_mean_rank"}; the mean rank averages image->text and text->image.
+    "_i2t_mean_rank", "_t2i_mean_rank", "per_example": {"<split>_mean_rank": the 2N ranks}}; the
+    mean rank averages image->text and text->image, and is the mean of its per-example ranks (the
+    N image->text ranks, then the N text->image ranks, in the split's order).
     """
     import torch
 
@@ -247,7 +259,38 @@ def evaluate_retrieval(encode_images, encode_texts, split="val"):
     out = {"mean_rank": both.mean(), "r1": (both <= 1).mean(), "r5": (both <= 5).mean(),
            "r10": (both <= 10).mean(), "median_rank": float(np.median(both)),
            "i2t_mean_rank": i2t.mean(), "t2i_mean_rank": t2i.mean()}
-    return {f"{split}_{k}": float(v) for k, v in out.items()}
+    return {f"{split}_{k}": float(v) for k, v in out.items()} | {"per_example": {f"{split}_mean_rank": both}}
+
+
+def write_metrics(results):
+    """Write the evaluation's results to $NIGHTLAB_RUN_DIR/metrics.json, where nightlab reads them
+    (the stdout summary block still carries the same scalars). Without NIGHTLAB_RUN_DIR (a run
+    by hand) it writes nothing; returns the path written, or None.
+
+    Per-example vectors longer than PER_EXAMPLE_JSON_MAX go to per_example/<name>.npy (and
+    <name>.weight.npy) beside it instead of into the JSON. The file appears whole or not at all.
+    """
+    run_dir = os.environ.get("NIGHTLAB_RUN_DIR")
+    if not run_dir:
+        return None
+    out = {k: float(v) for k, v in results.items() if k not in ("per_example", "per_example_weight")}
+    for key, suffix in (("per_example", ""), ("per_example_weight", ".weight")):
+        for name, values in results.get(key, {}).items():
+            values = np.asarray(values, dtype=np.float64).ravel()
+            if len(values) > PER_EXAMPLE_JSON_MAX:
+                folder = os.path.join(run_dir, "per_example")
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"{name}{suffix}.npy")
+                with open(path + ".tmp", "wb") as f:
+                    np.save(f, values)
+                os.replace(path + ".tmp", path)
+            else:
+                out.setdefault(key, {})[name] = values.tolist()
+    path = os.path.join(run_dir, "metrics.json")
+    with open(path + ".tmp", "w") as f:           # write-then-rename: nightlab never reads half a file
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 if __name__ == "__main__":

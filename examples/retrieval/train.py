@@ -10,8 +10,9 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_BUDGET_S  float, the time budget in wall-clock seconds, start-up included (default 60).
                        When it is spent, training stops and the model is evaluated as it is
                        (the fixed evaluation takes about a second more).
-    NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
-    NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
+    NIGHTLAB_RUN_DIR   where a run may write files: metrics.json (the metric and its per-example ranks)
+    NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test",
+                       `nightlab verify --select` sets "select" (the selection split, hidden from trials)
     NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
     NIGHTLAB_THREADS   torch threads (default: half the cores, at least 1, at most 4)
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_TOKENS, VOCAB_SIZE, evaluate_retrieval, expert_heatmaps, load_split
+from prepare import MAX_TOKENS, VOCAB_SIZE, evaluate_retrieval, expert_heatmaps, load_split, write_metrics
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
@@ -65,7 +66,7 @@ logit_scale_init = 1 / 0.07  # initial inverse temperature of the contrastive lo
 
 seed = int(os.environ.get("NIGHTLAB_SEED", "0"))
 budget_s = float(os.environ.get("NIGHTLAB_BUDGET_S", "60"))
-split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate_retrieval() scores at the end
+split = os.environ.get("NIGHTLAB_SPLIT", "val")  # what evaluate_retrieval() scores at the end: val, select or test
 # Half the cores (at most 4): on a 2-core machine one thread, which keeps a whole core even when
 # something else runs, so wall-clock-budgeted results stay comparable (see README.md).
 threads = int(os.environ.get("NIGHTLAB_THREADS", "0")) or max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -226,9 +227,10 @@ model.eval()
 t_eval = time.perf_counter()
 results = evaluate_retrieval(model.encode_images, model.encode_texts, split)
 eval_seconds = time.perf_counter() - t_eval
+write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same mean rank, and each of its 2,000 ranks
 peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 print("---")
-for key, fmt in (("mean_rank", ".4f"), ("r1", ".4f"), ("r5", ".4f"), ("r10", ".4f"), ("median_rank", ".1f")):
+for key, fmt in (("mean_rank", ".7g"), ("r1", ".4f"), ("r5", ".4f"), ("r10", ".4f"), ("median_rank", ".1f")):
     print(f"{split + '_' + key + ':':<18}{results[split + '_' + key]:{fmt}}")
 print(f"training_seconds: {training_seconds:.1f}")
 print(f"eval_seconds:     {eval_seconds:.1f}")

@@ -7,15 +7,19 @@ This file is PROTECTED: the agent never edits it. It does two things:
    build_corpus.py) against its SHA-256, decompresses it and cuts it into 16 KiB blocks:
    every 20th block goes to val, the block 10 after it to test, the rest to train. It writes
    data/{train,val,test}.bin (raw bytes). It is idempotent (pass --force to rewrite).
-2. train.py imports `load_split` and `evaluate_bpb` from here, so every experiment is scored
-   the same way: bits per byte on the first EVAL_BYTES of the split, the model predicting
-   each byte from up to SEQ_LEN bytes before it (non-overlapping windows). As Karpathy
-   defines val_bpb: the summed cross-entropy in nats over all predicted targets, divided by
-   the number of target bytes and by ln 2. Tokens here are bytes, so the count of target
-   bytes is the count of targets and the metric does not depend on a tokenizer.
+2. train.py imports `load_split`, `evaluate_bpb` and `write_metrics` from here, so every
+   experiment is scored the same way: bits per byte on the first EVAL_BYTES of the split, the
+   model predicting each byte from up to SEQ_LEN bytes before it (non-overlapping windows). As
+   Karpathy defines val_bpb: the summed cross-entropy in nats over all predicted targets,
+   divided by the number of target bytes and by ln 2. Tokens here are bytes, so the count of
+   target bytes is the count of targets and the metric does not depend on a tokenizer. It also
+   returns each window's bits per byte with the window's byte count as its weight
+   ("per_example", "per_example_weight"; their weighted mean is val_bpb), which `write_metrics`
+   hands to nightlab in metrics.json.
 """
 
 import hashlib
+import json
 import lzma
 import math
 import os
@@ -37,6 +41,7 @@ VOCAB_SIZE = 256              # byte-level: a token is a byte
 SEQ_LEN = 256                 # context of the evaluation: bytes a prediction may look back on
 EVAL_BYTES = 128 * 1024       # predicted bytes per evaluation (512 windows of SEQ_LEN)
 EVAL_BATCH = 32               # windows per forward pass (does not change the result)
+PER_EXAMPLE_JSON_MAX = 20_000 # longer per-example vectors are written as .npy files, not JSON
 
 # ---------------------------------------------------------------------------
 # Data preparation (run once)
@@ -96,7 +101,10 @@ def evaluate_bpb(model, split="val"):
     """Bits per byte of `model` on the first EVAL_BYTES of a split.
 
     `model(x)` takes a LongTensor (B, T) of bytes, T <= SEQ_LEN, and returns logits (B, T, 256):
-    position t predicts byte t+1 from bytes 0..t only. Returns {"<split>_bpb": float}.
+    position t predicts byte t+1 from bytes 0..t only. Returns {"<split>_bpb": float,
+    "per_example": {"<split>_bpb": each window's bits per byte}, "per_example_weight":
+    {"<split>_bpb": each window's count of predicted bytes}}; <split>_bpb is the sum of the
+    windows' nats over the sum of their bytes, over ln 2: the weighted mean of the windows' values.
     """
     import torch
     import torch.nn.functional as F
@@ -108,7 +116,7 @@ def evaluate_bpb(model, split="val"):
     starts = np.arange(n_windows) * SEQ_LEN
     idx = starts[:, None] + np.arange(SEQ_LEN + 1)[None, :]
     windows = torch.from_numpy(data[idx].astype(np.int64))
-    total_nats, total_bytes = 0.0, 0
+    nats, counts = [], []                         # per window
     with torch.no_grad():
         for i in range(0, n_windows, EVAL_BATCH):
             batch = windows[i:i + EVAL_BATCH]
@@ -120,9 +128,44 @@ def evaluate_bpb(model, split="val"):
             logits = logits.double()
             if not torch.isfinite(logits).all():
                 raise ValueError("model returned NaN or inf logits")
-            total_nats += float(F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1), reduction="sum"))
-            total_bytes += y.numel()
-    return {f"{split}_bpb": total_nats / (total_bytes * math.log(2))}
+            per_byte = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1), reduction="none")
+            nats.append(per_byte.view(y.shape).sum(dim=1).numpy())
+            counts.append(np.full(len(y), y.shape[1], dtype=np.float64))
+    nats, counts = np.concatenate(nats), np.concatenate(counts)
+    name = f"{split}_bpb"
+    return {name: float(nats.sum() / (counts.sum() * math.log(2))),
+            "per_example": {name: nats / (counts * math.log(2))}, "per_example_weight": {name: counts}}
+
+
+def write_metrics(results):
+    """Write the evaluation's results to $NIGHTLAB_RUN_DIR/metrics.json, where nightlab reads them
+    (the stdout summary block still carries the same scalars). Without NIGHTLAB_RUN_DIR (a run
+    by hand) it writes nothing; returns the path written, or None.
+
+    Per-example vectors longer than PER_EXAMPLE_JSON_MAX go to per_example/<name>.npy (and
+    <name>.weight.npy) beside it instead of into the JSON. The file appears whole or not at all.
+    """
+    run_dir = os.environ.get("NIGHTLAB_RUN_DIR")
+    if not run_dir:
+        return None
+    out = {k: float(v) for k, v in results.items() if k not in ("per_example", "per_example_weight")}
+    for key, suffix in (("per_example", ""), ("per_example_weight", ".weight")):
+        for name, values in results.get(key, {}).items():
+            values = np.asarray(values, dtype=np.float64).ravel()
+            if len(values) > PER_EXAMPLE_JSON_MAX:
+                folder = os.path.join(run_dir, "per_example")
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"{name}{suffix}.npy")
+                with open(path + ".tmp", "wb") as f:
+                    np.save(f, values)
+                os.replace(path + ".tmp", path)
+            else:
+                out.setdefault(key, {})[name] = values.tolist()
+    path = os.path.join(run_dir, "metrics.json")
+    with open(path + ".tmp", "w") as f:           # write-then-rename: nightlab never reads half a file
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Environment (set by nightlab; the defaults are for running it by hand):
     NIGHTLAB_BUDGET_S  float, the time budget in wall-clock seconds, start-up included (default 60).
                        When it is spent, training stops and the model is evaluated as it is
                        (the fixed evaluation takes a few more seconds).
-    NIGHTLAB_RUN_DIR   where a run may write files (this script writes none)
+    NIGHTLAB_RUN_DIR   where a run may write files: metrics.json (val_bpb and each window's bpb)
     NIGHTLAB_SPLIT     the split to evaluate on (default val); `nightlab verify --test` sets "test"
     NIGHTLAB_FINAL     "1": train on train+val (`nightlab verify --final`, before the test evaluation)
     NIGHTLAB_THREADS   torch threads (default: half the cores, at least 1, at most 4)
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import SEQ_LEN, VOCAB_SIZE, evaluate_bpb, load_split
+from prepare import SEQ_LEN, VOCAB_SIZE, evaluate_bpb, load_split, write_metrics
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
@@ -220,6 +220,7 @@ cpu_util = (time.process_time() - cpu_start) / max(1e-9, training_seconds)
 
 model.eval()
 results = evaluate_bpb(model, split)
+write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same val_bpb, and each window's, weighted by its bytes
 peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 print("---")
 print(f"{split + '_bpb:':<18}{results[split + '_bpb']:.6f}")
