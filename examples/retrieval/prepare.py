@@ -15,8 +15,9 @@ This file is PROTECTED: the agent never edits it. It does two things:
 2. train.py imports `load_split`, `evaluate_retrieval` and `write_metrics` from here, so every
    experiment is scored the same way: the mean rank of the true partner among all pairs of the
    split, averaged over image->text and text->image (1 is perfect, about 500 is chance), and
-   each of the 2N ranks ("per_example": the N image->text ranks, then the N text->image ranks,
-   in the split's order), which `write_metrics` hands to nightlab in metrics.json.
+   each scene's own mean rank ("per_example": the mean of its image->text and text->image ranks,
+   in the split's order: a scene's two ranks go together, so the scene is the independent unit),
+   which `write_metrics` hands to nightlab in metrics.json.
 
 The select split is nightlab's selection split ([data] select): no trial sees it.
 `nightlab verify --select` sets NIGHTLAB_SPLIT=select and train.py, trained as usual, is
@@ -229,9 +230,10 @@ def evaluate_retrieval(encode_images, encode_texts, split="val"):
     (B, D) embeddings; `encode_texts(t)` takes an int64 tensor (B, MAX_TOKENS) of word ids, 0 =
     padding, and returns (B, D). Both are L2-normalised here and compared by cosine similarity.
     Returns {"<split>_mean_rank", "<split>_r1", "_r5", "_r10" (fractions), "_median_rank",
-    "_i2t_mean_rank", "_t2i_mean_rank", "per_example": {"<split>_mean_rank": the 2N ranks}}; the
-    mean rank averages image->text and text->image, and is the mean of its per-example ranks (the
-    N image->text ranks, then the N text->image ranks, in the split's order).
+    "_i2t_mean_rank", "_t2i_mean_rank", "per_example": {"<split>_mean_rank": N per-scene ranks}}; the
+    mean rank averages image->text and text->image, and is the mean of its per-example values: each
+    scene's mean of its two ranks, in the split's order (the two are nearly the same number, so
+    counting them as two examples would overstate how many independent examples there are).
     """
     import torch
 
@@ -259,7 +261,8 @@ def evaluate_retrieval(encode_images, encode_texts, split="val"):
     out = {"mean_rank": both.mean(), "r1": (both <= 1).mean(), "r5": (both <= 5).mean(),
            "r10": (both <= 10).mean(), "median_rank": float(np.median(both)),
            "i2t_mean_rank": i2t.mean(), "t2i_mean_rank": t2i.mean()}
-    return {f"{split}_{k}": float(v) for k, v in out.items()} | {"per_example": {f"{split}_mean_rank": both}}
+    per_scene = (i2t + t2i) / 2
+    return {f"{split}_{k}": float(v) for k, v in out.items()} | {"per_example": {f"{split}_mean_rank": per_scene}}
 
 
 def write_metrics(results):

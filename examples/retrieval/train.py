@@ -227,7 +227,7 @@ model.eval()
 t_eval = time.perf_counter()
 results = evaluate_retrieval(model.encode_images, model.encode_texts, split)
 eval_seconds = time.perf_counter() - t_eval
-write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same mean rank, and each of its 2,000 ranks
+write_metrics(results)  # $NIGHTLAB_RUN_DIR/metrics.json: the same mean rank, and each scene's mean rank
 peak_memory_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 print("---")
 for key, fmt in (("mean_rank", ".7g"), ("r1", ".4f"), ("r5", ".4f"), ("r10", ".4f"), ("median_rank", ".1f")):

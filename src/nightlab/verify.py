@@ -333,9 +333,9 @@ def rerank_table(rows: list[dict], trials: list[TrialRecord], cfg: Config) -> Ta
     if test:
         t.add_column(metric_on(cfg, "test"), justify="right", no_wrap=True)
     for r in (r for r in rows if r["kind"] == "select"):
-        mark = " [bold green]★[/]" if r["note"] == "best on the selection split" else ""
+        mark = "[bold green]★[/] " if r["note"] == "best on the selection split" else "  "
         select = _pm(r["runs"], r["value"]) if r["runs"] else f"[yellow]{escape(r['note'])}[/]"
-        cells = [escape(r["label"]) + mark, f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—", select]
+        cells = [mark + escape(r["label"]), f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—", select]
         if test:
             other = test.get(r["trial"])
             cells.append(_pm(other["runs"], other["value"]) if other and other["runs"] else "—")
