@@ -71,9 +71,12 @@ class Outcome:
 
 
 def attack(tmp_path: Path, body: str, files: dict[str, str] | None = None, epilogue: str = EPILOGUE,
-           timeout: float = 90, timeout_s: float = 20, **sandbox: object) -> Outcome:
-    """Run PRELUDE + body (+ epilogue) as train.py through `nightlab trial --record`, with a secret in the caller's env."""
-    config = sandbox_config(timeout_s, **sandbox)
+           timeout: float = 90, timeout_s: float = 20, sections: dict | None = None, **sandbox: object) -> Outcome:
+    """Run PRELUDE + body (+ epilogue) as train.py through `nightlab trial --record`, with a secret in the caller's env.
+
+    `sandbox` overrides [sandbox] keys (backend, image, limits); `sections` adds other sections (e.g. [data]).
+    """
+    config = sandbox_config(timeout_s, **sandbox) | (sections or {})
     proj = make_project(tmp_path, train=PRELUDE + body + epilogue, config=config, files=files,
                         extra_env={"ANTHROPIC_API_KEY": SECRET, "OPENAI_API_KEY": SECRET})
     proc = proj.nl("trial", "--record", timeout=timeout)
