@@ -124,24 +124,11 @@ class ContainerSandbox:
         os.close(out_w)
         capture = LogCapture(out_r, log_path, int(spec.max_log_mb * MB))
         capture.start()
-        watch = DirWatch(spec.run_dir, int(spec.max_run_dir_mb * MB), lambda: None) if spec.max_run_dir_mb else None
-        if watch:
-            watch.start()
-        timed_out = too_big = False
         try:
-            deadline = start + spec.timeout_s
-            while proc.poll() is None:
-                too_big = bool(watch and watch.exceeded)
-                if too_big or time.monotonic() >= deadline:
-                    timed_out = not too_big
-                    self._stop(proc, name, 0 if too_big else spec.grace_s)
-                    break
-                time.sleep(0.1)
+            timed_out, too_big = self._supervise(proc, name, spec, start + spec.timeout_s)
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # interrupted (Ctrl-C): take the run down with us
                 self._stop(proc, name, 0)
-            if watch:
-                watch.stop()
         capture.join(10)
         oom = self._engine("inspect", "--format", "{{.State.OOMKilled}}", name).strip() == "true" or (
             proc.returncode == 128 + signal.SIGKILL and not (timed_out or too_big) and oom_kills() > kills_before)
@@ -158,6 +145,28 @@ class ContainerSandbox:
                               "max_log_mb": spec.max_log_mb or None, "max_run_dir_mb": spec.max_run_dir_mb or None}}
         return RunResult(exit_code=code, seconds=time.monotonic() - start, timed_out=timed_out, log_path=log_path,
                          reason=reason, details=details)
+
+    def _supervise(self, proc: subprocess.Popen, name: str, spec: RunSpec, deadline: float) -> tuple[bool, bool]:
+        """Wait for the run; stop it at the deadline or when its directory outgrows the cap. (timed out, too big)"""
+        watch = DirWatch(spec.run_dir, int(spec.max_run_dir_mb * MB), lambda: None) if spec.max_run_dir_mb else None
+        if watch:
+            watch.start()
+        try:
+            while proc.poll() is None:
+                if watch and watch.exceeded:
+                    self._stop(proc, name, 0)
+                    return False, True
+                if time.monotonic() >= deadline:
+                    self._stop(proc, name, spec.grace_s)
+                    return True, False
+                try:  # returns as soon as the engine's client exits, not at the next tick
+                    proc.wait(timeout=max(0.001, min(0.1, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
+            return False, bool(watch and watch.exceeded)
+        finally:
+            if watch:
+                watch.stop()
 
     def _engine(self, *args: str) -> str:
         try:
