@@ -55,8 +55,9 @@ def runtimes(engine: str) -> Check:
             said.append(f"{name} works (--memory, --pids-limit, {', '.join(found.ulimits) or 'the default ulimits'})")
         else:
             said.append(f"{name} fails: {why}")
+    head = f"runs use {works[0]}: " if works else ""
     hint = "" if works else " (apt-get install runc; or name one with [sandbox] runtime)"
-    return Check("sandbox", f"{engine}-runtime", bool(works), "; ".join(said) + hint if said else "no OCI runtime found" + hint)
+    return Check("sandbox", f"{engine}-runtime", bool(works), head + ("; ".join(said) or "no OCI runtime found") + hint)
 
 
 def cgroups() -> list[Check]:

@@ -34,6 +34,16 @@ print("val_loss: 1.0")
 print("peak_memory_gb: 0.1")
 '''
 SECRET = "sk-ant-REDTEAM-DUMMY-SECRET-4242"
+# Processes until refused; each child's command line holds {marker}, to look for survivors on the host.
+FORK_BOMB = '''
+import subprocess
+procs = []
+def bomb():
+    for _ in range(10000):
+        procs.append(subprocess.Popen(["sh", "-c", "sleep 60 # {marker}"]))
+attempt("fork_bomb", bomb)
+print(f"forked: {{len(procs)}}")
+'''
 
 
 def sandbox_config(timeout_s: float = 20, **sandbox: object) -> dict:

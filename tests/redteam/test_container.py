@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from nlkit import CLI, make_project
-from rtkit import SECRET, attack, host_pids_with, sandbox_config
+from rtkit import FORK_BOMB, SECRET, attack, host_pids_with, sandbox_config
 
 ESCAPES = '''
 import ctypes, subprocess
@@ -177,15 +177,7 @@ def test_escapes_fail_under_podman(tmp_path: Path, podman_image: str) -> None:
 
 def test_fork_bomb_is_contained_by_the_pids_limit(tmp_path: Path, podman_image: str) -> None:
     marker = f"bomb-{uuid.uuid4().hex[:8]}"
-    body = f'''
-import subprocess
-procs = []
-def bomb():
-    for _ in range(10000):
-        procs.append(subprocess.Popen(["sh", "-c", "sleep 60 # {marker}"]))
-attempt("fork_bomb", bomb)
-print(f"forked: {{len(procs)}}")
-'''
+    body = FORK_BOMB.format(marker=marker)
     out = attack(tmp_path, body, **podman(podman_image, max_pids=64))
     said = out.failed("fork_bomb")
     assert "BlockingIOError" in said or "Resource temporarily" in said
