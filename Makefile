@@ -11,7 +11,7 @@ CLAUDE_CODE := 2.1.332
 CODEX       := 0.171.0
 NPM         := npm install --no-audit --no-fund --loglevel=error --save-exact
 
-.PHONY: demo test install dev clean tools browser
+.PHONY: demo test install dev clean tools browser containers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is missing and could not be installed (needs root and apt-get): the browser test skips, or fails in CI"
 
+# Debian's podman for the container tests, installed when missing and we are root (CI is): with runc, which works
+# on hosts like CI's, and crun, which `apt-get install podman` brings and which fails there (the backend must cope).
+# Then the tests' image, built from this machine's Python (no registry) and kept until those files change.
+containers: $(VENV)/.dev
+	@{ command -v podman && command -v runc && command -v crun; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc crun >/dev/null; } || \
+	  echo "podman is missing and could not be installed (needs root and apt-get): the container tests skip, or fail in CI"
+	@! command -v podman >/dev/null 2>&1 || $(BIN)/python tests/container_image.py || \
+	  echo "the container tests' image could not be built: they build it again, or fail"
+
 install: $(VENV)/.installed
 
 dev: $(VENV)/.dev
@@ -45,7 +56,7 @@ dev: $(VENV)/.dev
 demo: $(VENV)/.installed
 	$(BIN)/nightlab demo
 
-test: $(VENV)/.dev tools browser
+test: $(VENV)/.dev tools browser containers
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,24 @@ def new_project(tmp_path: Path) -> Callable[..., Project]:
         return make_project(tmp_path / sub if sub else tmp_path, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def podman_image() -> str:
+    """The container tests' image (tests/container_image.py), built from this machine's files if missing.
+
+    `make test` installs podman as root; CI must have it, elsewhere the container tests may skip.
+    """
+    from nightlab.sandbox.probe import probe_engine
+
+    ok, why = probe_engine("podman")
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"podman does not work in CI ({why}): `make test` installs podman and runc with apt-get as root")
+        pytest.skip(f"podman does not work here ({why}); as root, `make test` installs it")
+    from container_image import ensure
+
+    return ensure()
 
 
 # -- one scripted session that walks through every trial outcome, shared by several test files ----------------

@@ -93,6 +93,7 @@ class SandboxConfig(Section):
     max_log_mb: float = Field(50, ge=0)  # run.log keeps its start and its end past this (0 = no cap)
     max_run_dir_mb: float = Field(10240, ge=0)  # a run writing more is stopped (0 = no cap)
     image: str = ""  # docker/podman: the image holding the project's Python environment
+    runtime: str = ""  # docker/podman: the OCI runtime (crun, runc, ...); "" = the first that works here
 
 
 class SearchParam(Section):

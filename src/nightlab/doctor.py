@@ -29,12 +29,35 @@ def sandboxes() -> list[Check]:
     for engine in ("docker", "podman"):
         ok, said = probe_engine(engine)
         out.append(Check("sandbox", engine, ok, f"engine answers ({said})" if ok else f"not usable: {said}"))
+        if ok:
+            out.append(runtimes(engine))
     out.append(Check("sandbox", "process", True, "always available, but NO isolation: only when chosen explicitly"))
     try:
         out.append(Check("sandbox", "auto", True, f"picks {choose_auto()}"))
     except UsageError as e:
         out.append(Check("sandbox", "auto", False, str(e)))
     return out
+
+
+def runtimes(engine: str) -> Check:
+    """Each OCI runtime the engine could use, run for real with a run's limits: which works, and why not the rest."""
+    from nightlab.sandbox.runtime import attempt, installed
+
+    if engine != "podman":
+        names = installed(engine)
+        return Check("sandbox", f"{engine}-runtime", bool(names), f"the daemon's default: {names[0]}" if names
+                     else "the daemon names no default runtime")
+    works, said = [], []
+    for name in installed(engine):
+        found, why = attempt(engine, name)
+        if found:
+            works.append(name)
+            said.append(f"{name} works (--memory, --pids-limit, {', '.join(found.ulimits) or 'the default ulimits'})")
+        else:
+            said.append(f"{name} fails: {why}")
+    head = f"runs use {works[0]}: " if works else ""
+    hint = "" if works else " (apt-get install runc; or name one with [sandbox] runtime)"
+    return Check("sandbox", f"{engine}-runtime", bool(works), head + ("; ".join(said) or "no OCI runtime found") + hint)
 
 
 def cgroups() -> list[Check]:

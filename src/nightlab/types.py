@@ -88,6 +88,7 @@ class RunSpec:
     max_log_mb: float = 0
     max_run_dir_mb: float = 0
     image: str = ""  # docker/podman only
+    runtime: str = ""  # docker/podman: the OCI runtime ("" = one that works here)
 
 
 @dataclass

@@ -34,6 +34,16 @@ print("val_loss: 1.0")
 print("peak_memory_gb: 0.1")
 '''
 SECRET = "sk-ant-REDTEAM-DUMMY-SECRET-4242"
+# Processes until refused; each child's command line holds {marker}, to look for survivors on the host.
+FORK_BOMB = '''
+import subprocess
+procs = []
+def bomb():
+    for _ in range(10000):
+        procs.append(subprocess.Popen(["sh", "-c", "sleep 60 # {marker}"]))
+attempt("fork_bomb", bomb)
+print(f"forked: {{len(procs)}}")
+'''
 
 
 def sandbox_config(timeout_s: float = 20, **sandbox: object) -> dict:
@@ -71,9 +81,12 @@ class Outcome:
 
 
 def attack(tmp_path: Path, body: str, files: dict[str, str] | None = None, epilogue: str = EPILOGUE,
-           timeout: float = 90, timeout_s: float = 20, **sandbox: object) -> Outcome:
-    """Run PRELUDE + body (+ epilogue) as train.py through `nightlab trial --record`, with a secret in the caller's env."""
-    config = sandbox_config(timeout_s, **sandbox)
+           timeout: float = 90, timeout_s: float = 20, sections: dict | None = None, **sandbox: object) -> Outcome:
+    """Run PRELUDE + body (+ epilogue) as train.py through `nightlab trial --record`, with a secret in the caller's env.
+
+    `sandbox` overrides [sandbox] keys (backend, image, limits); `sections` adds other sections (e.g. [data]).
+    """
+    config = sandbox_config(timeout_s, **sandbox) | (sections or {})
     proj = make_project(tmp_path, train=PRELUDE + body + epilogue, config=config, files=files,
                         extra_env={"ANTHROPIC_API_KEY": SECRET, "OPENAI_API_KEY": SECRET})
     proc = proj.nl("trial", "--record", timeout=timeout)

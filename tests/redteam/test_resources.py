@@ -12,20 +12,12 @@ import uuid
 from pathlib import Path
 
 from nlkit import idea, make_project, sub
-from rtkit import EPILOGUE, PRELUDE, attack, host_pids_with, sandbox_config
+from rtkit import EPILOGUE, FORK_BOMB, PRELUDE, attack, host_pids_with, sandbox_config
 
 
 def test_fork_bomb_is_contained(tmp_path: Path) -> None:
     marker = f"bomb-{uuid.uuid4().hex[:8]}"
-    body = f'''
-import subprocess
-procs = []
-def bomb():
-    for _ in range(10000):
-        procs.append(subprocess.Popen(["sh", "-c", "sleep 60 # {marker}"]))
-attempt("fork_bomb", bomb)
-print(f"forked: {{len(procs)}}")
-'''
+    body = FORK_BOMB.format(marker=marker)
     out = attack(tmp_path, body, max_pids=64)
     assert "BlockingIOError" in out.failed("fork_bomb") or "Resource temporarily" in out.failed("fork_bomb")
     assert "forked: " in out.log and int(out.log.split("forked: ")[1].split()[0]) < 64

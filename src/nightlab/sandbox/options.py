@@ -39,4 +39,5 @@ def spec_fields(cfg: Config, cwd: Path) -> dict:
         "max_log_mb": cfg.sandbox.max_log_mb,
         "max_run_dir_mb": cfg.sandbox.max_run_dir_mb,
         "image": cfg.sandbox.image,
+        "runtime": cfg.sandbox.runtime,
     }

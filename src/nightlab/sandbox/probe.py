@@ -45,8 +45,12 @@ def probe_engine(engine: str) -> tuple[bool, str]:
     path = shutil.which(engine)
     if path is None:
         return False, f"no {engine} command"
+    from nightlab.sandbox.runtime import engine_env
+
+    version = "{{.Version.Version}}" if engine == "podman" else "{{.ServerVersion}}"  # podman has no server
     try:
-        proc = subprocess.run([path, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=10)
+        proc = subprocess.run([path, "info", "--format", version], capture_output=True, text=True, timeout=30,
+                              env=engine_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{engine} info did not answer: {e}"
     if proc.returncode != 0:
