@@ -160,8 +160,11 @@ def test_with_two_slots_the_api_agent_works_on_two_trials_at_once(new_project) -
         proj.run("--max-trials", "2", "--slots", "2")
     which = [1 if "# Trial 1:" in str(r.body) else 2 for r in mock.requests]
     assert which[:2] in ([1, 2], [2, 1])  # both conversations began before either had its second reply
-    # Whichever ended first was kept; the other beat the baseline too, but changed a line next to the
-    # kept one's, so it could not be re-applied to the new best: discarded as stale, never kept unmeasured.
+    # Whichever ended first was kept; which one that is depends on how the two threads were scheduled, and
+    # every outcome is right. The other changed a line next to the kept one's, so when it still had to run,
+    # or would have been kept, it could not be re-applied to the new best: discarded as stale, never kept
+    # unmeasured. Only trial 1 (1.00), measured after trial 2 (0.54) was kept, is simply worse.
     kept, other = sorted(proj.ledger()[1:], key=lambda r: r["status"] != "keep")
     assert kept["status"] == "keep" and other["status"] == "discard"
-    assert other["reason"].startswith("stale: its change no longer applies")
+    stale = other["reason"].startswith("stale: its change no longer applies")
+    assert stale or (kept["n"] == 2 and other["reason"] == "" and other["delta"] > 0), other

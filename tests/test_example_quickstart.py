@@ -40,7 +40,8 @@ SIZES = {"train": 717, "select": 360, "val": 360, "test": 360}
 # empty directory, as the bwrap sandbox masks it; what counts is that nothing can be read there.)
 PROBE = '''import os
 from prepare import load_split
-print("val_loss: 1.0")
+print("val_loss: 1.0")  # the quickstart's metric and constraint; the retrieval example's metric:
+print("val_mean_rank: 1.0")
 print("peak_memory_gb: 0.01")
 for name in ("train", "val", "test", "select"):
     try:
@@ -219,5 +220,5 @@ def test_quickstart_select_split_is_hidden_from_a_trial(tmp_path: Path) -> None:
     nl("prepare")
     assert (dest / "data" / "select.npz").is_file() and (dest / "data" / "test.npz").is_file()
     seen = trial_visibility(nl, dest)
-    assert seen == {"val_loss": 1.0, "peak_memory_gb": 0.01, "train_readable": 1.0, "val_readable": 1.0,
+    assert seen == {"val_loss": 1.0, "val_mean_rank": 1.0, "peak_memory_gb": 0.01, "train_readable": 1.0, "val_readable": 1.0,
                     "test_readable": 0.0, "select_readable": 0.0, "select_loaded": 0.0}
