@@ -24,6 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or logged, a line stays whole whatever its length (greppable); on a terminal, rich wraps and crops
+# at its width, so nothing runs past the right edge.
+console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal
 log = logging.getLogger("nightlab")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
@@ -145,9 +148,24 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
     tag = _tag(cfg, tag)
     state = project.state_dir(cfg, tag)
     reason = _session(cfg, tag, max_trials, hours)
-    console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
+    console.print(f"stopped: {reason}", markup=False)
+    # one path a line, as the user can type it from here: a path stays whole, and short enough to fit
+    console.print(f"results: {_shown(state / 'results.tsv')}\nruns:    {_shown(state / 'runs')}/\n"
+                  f"branch:  nightlab/{tag}", markup=False, soft_wrap=True)
     if cfg.report.html:
-        console.print(f"report: {state}/report.html")
+        console.print(f"report:  {_shown(state / 'report.html')}", markup=False, soft_wrap=True)
+    if cfg.report.mlflow:
+        from nightlab.report.mlflow import opened_with
+
+        console.print(f"mlflow:  {opened_with(cfg, tag, _shown)}", markup=False, soft_wrap=True)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the current directory when it is under it (nightlab runs from the project)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float | None) -> str:
@@ -247,8 +265,8 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     ledger = _existing(cfg, tag)
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
-                                                         views.evidence(ledger))))
-    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
+                                                        views.evidence(ledger))))
+    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
     from nightlab import verify
@@ -265,7 +283,7 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
     if as_json:
         print(json.dumps(views.log_json(trials)))
     else:
-        console.print(views.trials_table(trials, cfg.metric.name, width=console.width))
+        console.print(views.trials_table(trials, cfg.metric.name))
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -325,7 +343,8 @@ def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
     path, note = write_report(cfg, tag)
     if note:
         log.warning("the report has no progress chart: %s", note)
-    console.print(f"report: {path}" + ("" if note else f"\nchart:  {path.parent / 'progress.png'}"))
+    console.print(f"report: {_shown(path)}" + ("" if note else f"\nchart:  {_shown(path.parent / 'progress.png')}"),
+                  markup=False, soft_wrap=True)
 
 
 # -- doctor -----------------------------------------------------------------------------------

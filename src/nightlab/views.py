@@ -6,6 +6,7 @@ import time
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nightlab.config import Config
 from nightlab.decide import evidence_note
@@ -61,20 +62,25 @@ def fmt(v: float | None, sign: bool = False) -> str:
     return f"{v:+.5g}" if sign else f"{v:.6g}"
 
 
-def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "", width: int = 80) -> Table:
+def _cut(text: str) -> Text:
+    """One line in its cell, cut with an ellipsis where the column is narrower."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "") -> Table:
+    """Fits the console it is printed on: no column has a minimum width rich would have to honour past the
+    border, and the text columns (metric, phase, description) are the ones that give way, cut in their cells."""
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    clip = {"no_wrap": True, "overflow": "ellipsis"}
-    for col, kw in [("n", {"justify": "right", "min_width": 3}), ("status", {"min_width": 8}),
-                    (metric_name, {"justify": "right", "min_width": 10, **clip}),
-                    ("delta", {"justify": "right", "min_width": 10, **clip}),
-                    ("phase", {"min_width": 8, "max_width": 16, **clip}), ("s", {"justify": "right", "min_width": 4}),
-                    ("description", {"min_width": 20, "max_width": max(20, width - 70), **clip})]:
-        table.add_column(col, **kw)
+    for col, kw in [("n", {"justify": "right", "no_wrap": True}), ("status", {"no_wrap": True}),
+                    (metric_name, {"justify": "right"}), ("delta", {"justify": "right", "no_wrap": True}),
+                    ("phase", {"max_width": 20}), ("s", {"justify": "right", "no_wrap": True}),
+                    ("description", {})]:
+        table.add_column(_cut(col), **kw)
     for t in trials:
         text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
             f"{t.description} [{t.reason}]" if t.description else t.reason
-        table.add_row(str(t.n), f"[{STYLE.get(t.status, '')}]{t.status}[/]", fmt(t.metric), fmt(t.delta, True),
-                      escape(t.phase), f"{t.seconds:.0f}", escape(text))
+        table.add_row(str(t.n), Text(t.status, style=STYLE.get(t.status, "")), _cut(fmt(t.metric)),
+                      fmt(t.delta, True), _cut(t.phase), f"{t.seconds:.0f}", _cut(text))
     return table
 
 
