@@ -193,19 +193,23 @@ def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
+    chunks, deadline, exited = [], time.monotonic() + timeout, False
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
+        # once it has exited, all it wrote is waiting: read until nothing is left (it may have written its
+        # last lines after the previous select gave up)
+        ready, _, _ = select.select([master], [], [], 0 if exited else 0.2)
         if ready:
             try:
                 data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
+            except OSError:  # EIO: every writer closed the terminal and all was read
                 break
             if not data:
                 break
             chunks.append(data)
-        elif proc.poll() is not None:
+        elif exited:
             break
+        else:
+            exited = proc.poll() is not None
     os.close(master)
     return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
 

@@ -131,7 +131,8 @@ def test_the_default_store_is_a_database_mlflow_opens_as_it_is(tmp_path: Path, m
 def test_a_tag_on_the_old_file_store_moves_to_the_database_with_every_trial(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the old default: a file store in .nightlab/<tag>/mlruns (here named explicitly, as a config may still do)
-    proj = make_project(tmp_path, ideas=IDEAS, config={"report": {"mlflow": True, "mlflow_uri": "file:.nightlab/t/mlruns"}})
+    old_default = {"mlflow": True, "mlflow_uri": "file:.nightlab/t/mlruns"}
+    proj = make_project(tmp_path, ideas=IDEAS, config={"report": old_default})
     proj.run("--max-trials", "2")
     assert not (proj.state() / "mlflow.db").exists()
     proj.config({"report": {"mlflow": True}})  # back to the default, as after an upgrade

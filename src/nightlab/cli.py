@@ -146,26 +146,9 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         if value is not None:
             config.override(cfg, key, value, flag)
     tag = _tag(cfg, tag)
-    state = project.state_dir(cfg, tag)
     reason = _session(cfg, tag, max_trials, hours)
     console.print(f"stopped: {reason}", markup=False)
-    # one path a line, as the user can type it from here: a path stays whole, and short enough to fit
-    console.print(f"results: {_shown(state / 'results.tsv')}\nruns:    {_shown(state / 'runs')}/\n"
-                  f"branch:  nightlab/{tag}", markup=False, soft_wrap=True)
-    if cfg.report.html:
-        console.print(f"report:  {_shown(state / 'report.html')}", markup=False, soft_wrap=True)
-    if cfg.report.mlflow:
-        from nightlab.report.mlflow import opened_with
-
-        console.print(f"mlflow:  {opened_with(cfg, tag, _shown)}", markup=False, soft_wrap=True)
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the current directory when it is under it (nightlab runs from the project)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    console.print(views.where(cfg, tag), markup=False, soft_wrap=True)  # a path stays whole, to copy
 
 
 def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float | None) -> str:
@@ -200,7 +183,8 @@ def _print_event(event: str, rec: TrialRecord) -> None:
         why = f" [{rec.reason}]" if rec.reason else ""
         console.print(f"trial {rec.n:>3}  [{style}]{rec.status:<8}[/]  {metric:<24} {escape(rec.description + why)}")
         if rec.n == 0 and "no noise measured" in rec.reason:
-            err.print(f"[yellow]warning:[/] {escape(rec.reason)}")
+            # on a terminal through the console the live panel draws on, so it lands above the panel, not in it
+            (console if console.is_terminal else err).print(f"[yellow]warning:[/] {escape(rec.reason)}")
 
 
 # -- trial ------------------------------------------------------------------------------------
@@ -265,7 +249,7 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     ledger = _existing(cfg, tag)
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
-                                                        views.evidence(ledger))))
+                                                         views.evidence(ledger))))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
@@ -343,8 +327,8 @@ def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
     path, note = write_report(cfg, tag)
     if note:
         log.warning("the report has no progress chart: %s", note)
-    console.print(f"report: {_shown(path)}" + ("" if note else f"\nchart:  {_shown(path.parent / 'progress.png')}"),
-                  markup=False, soft_wrap=True)
+    chart = "" if note else f"\nchart:  {views.shown(path.parent / 'progress.png')}"
+    console.print(f"report: {views.shown(path)}{chart}", markup=False, soft_wrap=True)
 
 
 # -- doctor -----------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from nightlab import project
 from nightlab.config import Config
 from nightlab.decide import evidence_note
 from nightlab.ledger import Ledger, TrialRecord
@@ -147,3 +149,25 @@ def slots_table(slots: list[dict]) -> Table:
         busy = f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—"
         table.add_row(str(s["slot"]), now, str(s["runs"]), str(s["lost"]), busy, escape(s["hardware"]))
     return table
+
+
+def shown(path: Path) -> str:
+    """A path relative to the current directory when it is under it (nightlab runs from the project)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def where(cfg: Config, tag: str) -> str:
+    """Where a run's results are, one a line, as the user can type them from here (short enough to fit)."""
+    state = project.state_dir(cfg, tag)
+    lines = [f"results: {shown(state / 'results.tsv')}", f"runs:    {shown(state / 'runs')}/",
+             f"branch:  nightlab/{tag}"]
+    if cfg.report.html:
+        lines.append(f"report:  {shown(state / 'report.html')}")
+    if cfg.report.mlflow:
+        from nightlab.report.mlflow import opened_with
+
+        lines.append(f"mlflow:  {opened_with(cfg, tag, shown)}")
+    return "\n".join(lines)
