@@ -7,11 +7,18 @@ commits as itself.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +181,46 @@ def one_optuna_trial(nl) -> list[dict]:
     assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
     assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
     return log
+
+
+
+def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, lines: int = 40,
+           timeout: float = 60) -> tuple[int, str]:
+    """Run a command on a real pseudo-terminal of the given size (as a user's terminal or tmux pane is);
+    returns its exit code and everything it wrote, control codes included. COLUMNS/LINES in `env` win
+    over the terminal's size, as they do for rich; leave them out to test what the terminal says."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks, deadline, exited = [], time.monotonic() + timeout, False
+    while time.monotonic() < deadline:
+        # once it has exited, all it wrote is waiting: read until nothing is left (it may have written its
+        # last lines after the previous select gave up)
+        ready, _, _ = select.select([master], [], [], 0 if exited else 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal and all was read
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif exited:
+            break
+        else:
+            exited = proc.poll() is not None
+    os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+
+
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]")
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal shows of `raw`, one entry per line or line segment: control codes dropped, split
+    at newlines and carriage returns (a redraw starts at the line's first column)."""
+    return re.split(r"[\r\n]", CONTROL.sub("", raw))
 
 
 @dataclass

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
 import re
-import select
-import subprocess
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +11,7 @@ from rich.console import Console
 from nightlab.config import Config
 from nightlab.ledger import TrialRecord
 from nightlab.report.live import LiveView
-from nlkit import CLI, TRAIN, idea, make_project, sub
+from nlkit import CLI, TRAIN, idea, in_pty, make_project, screen_lines, sub
 
 
 def _view(tmp_path: Path, terminal: bool, **limits) -> tuple[LiveView, list[tuple[str, int]], io.StringIO]:
@@ -66,27 +61,10 @@ def test_a_run_in_a_terminal_shows_the_live_panel(tmp_path: Path) -> None:
     slow = TRAIN.replace("seed = int", "import time\ntime.sleep(0.6)\nseed = int")
     proj = make_project(tmp_path, train=slow, ideas=[idea("raise LR to 0.3", sub("LR = 0.1", "LR = 0.3")),
                                                      idea("lower LR", sub("LR = 0.3", "LR = 0.2"))])
-    master, slave = pty.openpty()
     env = proj.env | {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-    proc = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "2"], cwd=proj.dir, env=env,
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(timeout=30) == 0
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    code, raw = in_pty([*CLI, "run", "--tag", "t", "--max-trials", "2"], proj.dir, env)
+    assert code == 0, raw
+    screen = "\n".join(screen_lines(raw))
     assert "nightlab run · t" in screen and "━" in screen  # the panel and its progress bars
     assert re.search(r"trial 1: running · raise LR to 0.3", screen)
     assert re.search(r"trial +1 +keep ", screen) and re.search(r"trial +2 +discard ", screen)

@@ -24,6 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or logged, a line stays whole whatever its length (greppable); on a terminal, rich wraps and crops
+# at its width, so nothing runs past the right edge.
+console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal
 log = logging.getLogger("nightlab")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
@@ -143,11 +146,9 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         if value is not None:
             config.override(cfg, key, value, flag)
     tag = _tag(cfg, tag)
-    state = project.state_dir(cfg, tag)
     reason = _session(cfg, tag, max_trials, hours)
-    console.print(f"stopped: {reason}\nresults: {state}/results.tsv  ·  runs: {state}/runs/  ·  branch nightlab/{tag}")
-    if cfg.report.html:
-        console.print(f"report: {state}/report.html")
+    console.print(f"stopped: {reason}", markup=False)
+    console.print(views.where(cfg, tag), markup=False, soft_wrap=True)  # a path stays whole, to copy
 
 
 def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float | None) -> str:
@@ -182,7 +183,8 @@ def _print_event(event: str, rec: TrialRecord) -> None:
         why = f" [{rec.reason}]" if rec.reason else ""
         console.print(f"trial {rec.n:>3}  [{style}]{rec.status:<8}[/]  {metric:<24} {escape(rec.description + why)}")
         if rec.n == 0 and "no noise measured" in rec.reason:
-            err.print(f"[yellow]warning:[/] {escape(rec.reason)}")
+            # on a terminal through the console the live panel draws on, so it lands above the panel, not in it
+            (console if console.is_terminal else err).print(f"[yellow]warning:[/] {escape(rec.reason)}")
 
 
 # -- trial ------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
                                                          views.evidence(ledger))))
-    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
+    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
     from nightlab import verify
@@ -265,7 +267,7 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
     if as_json:
         print(json.dumps(views.log_json(trials)))
     else:
-        console.print(views.trials_table(trials, cfg.metric.name, width=console.width))
+        console.print(views.trials_table(trials, cfg.metric.name))
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -325,7 +327,8 @@ def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
     path, note = write_report(cfg, tag)
     if note:
         log.warning("the report has no progress chart: %s", note)
-    console.print(f"report: {path}" + ("" if note else f"\nchart:  {path.parent / 'progress.png'}"))
+    chart = "" if note else f"\nchart:  {views.shown(path.parent / 'progress.png')}"
+    console.print(f"report: {views.shown(path)}{chart}", markup=False, soft_wrap=True)
 
 
 # -- doctor -----------------------------------------------------------------------------------

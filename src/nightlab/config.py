@@ -152,7 +152,7 @@ class ExecutorConfig(Section):
 class ReportConfig(Section):
     html: bool = True  # regenerate report.html and progress.png after each trial of `nightlab run`
     mlflow: bool = False  # one MLflow run per trial (needs the `mlflow` extra)
-    mlflow_uri: str = ""  # tracking URI; default MLFLOW_TRACKING_URI, else a file store under .nightlab/<tag>/
+    mlflow_uri: str = ""  # tracking URI; default MLFLOW_TRACKING_URI, else .nightlab/<tag>/mlflow.db (SQLite)
     mlflow_experiment: str = ""  # default "nightlab/<tag>"
 
 

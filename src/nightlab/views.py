@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from nightlab import project
 from nightlab.config import Config
 from nightlab.decide import evidence_note
 from nightlab.ledger import Ledger, TrialRecord
@@ -61,20 +64,25 @@ def fmt(v: float | None, sign: bool = False) -> str:
     return f"{v:+.5g}" if sign else f"{v:.6g}"
 
 
-def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "", width: int = 80) -> Table:
+def _cut(text: str) -> Text:
+    """One line in its cell, cut with an ellipsis where the column is narrower."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "") -> Table:
+    """Fits the console it is printed on: no column has a minimum width rich would have to honour past the
+    border, and the text columns (metric, phase, description) are the ones that give way, cut in their cells."""
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    clip = {"no_wrap": True, "overflow": "ellipsis"}
-    for col, kw in [("n", {"justify": "right", "min_width": 3}), ("status", {"min_width": 8}),
-                    (metric_name, {"justify": "right", "min_width": 10, **clip}),
-                    ("delta", {"justify": "right", "min_width": 10, **clip}),
-                    ("phase", {"min_width": 8, "max_width": 16, **clip}), ("s", {"justify": "right", "min_width": 4}),
-                    ("description", {"min_width": 20, "max_width": max(20, width - 70), **clip})]:
-        table.add_column(col, **kw)
+    for col, kw in [("n", {"justify": "right", "no_wrap": True}), ("status", {"no_wrap": True}),
+                    (metric_name, {"justify": "right"}), ("delta", {"justify": "right", "no_wrap": True}),
+                    ("phase", {"max_width": 20}), ("s", {"justify": "right", "no_wrap": True}),
+                    ("description", {})]:
+        table.add_column(_cut(col), **kw)
     for t in trials:
         text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
             f"{t.description} [{t.reason}]" if t.description else t.reason
-        table.add_row(str(t.n), f"[{STYLE.get(t.status, '')}]{t.status}[/]", fmt(t.metric), fmt(t.delta, True),
-                      escape(t.phase), f"{t.seconds:.0f}", escape(text))
+        table.add_row(str(t.n), Text(t.status, style=STYLE.get(t.status, "")), _cut(fmt(t.metric)),
+                      fmt(t.delta, True), _cut(t.phase), f"{t.seconds:.0f}", _cut(text))
     return table
 
 
@@ -141,3 +149,25 @@ def slots_table(slots: list[dict]) -> Table:
         busy = f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—"
         table.add_row(str(s["slot"]), now, str(s["runs"]), str(s["lost"]), busy, escape(s["hardware"]))
     return table
+
+
+def shown(path: Path) -> str:
+    """A path relative to the current directory when it is under it (nightlab runs from the project)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def where(cfg: Config, tag: str) -> str:
+    """Where a run's results are, one a line, as the user can type them from here (short enough to fit)."""
+    state = project.state_dir(cfg, tag)
+    lines = [f"results: {shown(state / 'results.tsv')}", f"runs:    {shown(state / 'runs')}/",
+             f"branch:  nightlab/{tag}"]
+    if cfg.report.html:
+        lines.append(f"report:  {shown(state / 'report.html')}")
+    if cfg.report.mlflow:
+        from nightlab.report.mlflow import opened_with
+
+        lines.append(f"mlflow:  {opened_with(cfg, tag, shown)}")
+    return "\n".join(lines)

@@ -79,6 +79,7 @@ class Regenerator:
             from nightlab.report.mlflow import MlflowLogger
 
             self.mlflow = MlflowLogger(cfg, tag)  # fails here, before the run, when the extra is missing
+            self.pending = self.mlflow.backlog()  # logged first, on the thread: the ledger's trials it lacks
         self.thread.start()
 
     def __call__(self, event: str, rec: TrialRecord) -> None:

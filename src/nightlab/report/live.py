@@ -45,7 +45,9 @@ class LiveView:
             from rich.live import Live
 
             self.live = Live(self, console=self.console, refresh_per_second=4, transient=True)
-            self.live.start()
+            # drawn once now, before any other thread prints: rich moves the cursor back over the panel only
+            # once it knows its size, so a line printed before the first draw would be glued to its edge
+            self.live.start(refresh=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
