@@ -233,12 +233,10 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
     tag = _tag(cfg, tag)
     if as_json:
         ledger = _existing(cfg, tag)
-        from nightlab.verify import latest
-
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
                                  views.evidence(ledger))
         slots = views.slots_of(ledger, always=True)
-        print(json.dumps(data | {"verify": latest(ledger), "slots": slots}))
+        print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
         return
     _show_status(cfg, tag)
 
@@ -251,9 +249,9 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials", console.width))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
-    from nightlab import verify
+    if rows := ledger.latest_verify():
+        from nightlab import verify
 
-    if rows := verify.latest(ledger):
         console.print(verify.table(rows, cfg.metric.name, "last verify (nightlab verify)"))
 
 
@@ -303,7 +301,7 @@ def _verify(cfg: config.Config, tag: str, opts: object) -> None:
             err.print(f"interrupted: the worktree is back at the best commit of {tag!r}; nothing was recorded",
                       markup=False)
             raise typer.Exit(130) from None
-    rows = verify.latest(ledger) or []
+    rows = ledger.latest_verify() or []
     console.print(verify.table([r for r in rows if not r["kind"].startswith("select")], cfg.metric.name,
                                f"nightlab verify #{v.number} ({tag})"))
     console.print(f"effect = how much better the second column is (positive = better); seeds "

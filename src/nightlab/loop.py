@@ -27,9 +27,9 @@ from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_n
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
 from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
-from nightlab.ledger import RUNNING, Ledger, TrialRecord, commit_message, write_tsv
+from nightlab.ledger import Ledger, TrialRecord, commit_message, write_tsv
 from nightlab.sandbox import passthrough
-from nightlab.types import Brief, Proposal, RunOutcome, Status
+from nightlab.types import Brief, Proposal, RunEnd, RunOutcome, Status
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -204,7 +204,7 @@ class Loop:
 
     def _on_best(self, flight: Flight) -> bool:
         """Before its first run: put the trial on the current best (False when it was discarded instead)."""
-        rec, best = flight.rec, self.best_or_none()
+        rec, best = flight.rec, self.ledger.best()
         if rec.n == 0 or best is None:
             return True
         if flight.ws.head() != rec.commit_sha:  # resumed, or its worktree was reused
@@ -241,7 +241,7 @@ class Loop:
         self.free_slots.append(job.slot)
         flight.running -= 1
         rec, name = flight.rec, self.cfg.metric.name
-        self.ledger.run_finished(out.job, out.status or "ok", out.values.get(name), out.seconds, out.reason,
+        self.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
                                  out.hardware, out.host)
         rec.seconds += out.seconds
         if out.hardware and out.hardware not in rec.hardware.split("; "):
@@ -402,13 +402,13 @@ class Loop:
     def recover(self) -> None:
         """Resume after a crash: trials in flight are run again (counted once); unfinished proposals are redone."""
         self.ledger.interrupt_runs()
-        done = [t for t in self.ledger.trials() if t.status != RUNNING]
+        done = [t for t in self.ledger.trials() if t.status != Status.RUNNING]
         # A kill between the ledger save and observe() kept that outcome from the agent (observe is idempotent);
         # so did a tag started with another agent, for the baseline.
         for rec in {t.n: t for t in done[:1] + done[-1:]}.values():
             self.agent.observe(rec.n, Status(rec.status), rec.metric)
         for rec in self.ledger.trials():
-            if rec.status != RUNNING:
+            if rec.status != Status.RUNNING:
                 continue
             if rec.n == 0 or not rec.commit_sha:
                 self.ledger.delete(rec.n)
@@ -418,7 +418,7 @@ class Loop:
             rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
             flight = self.flights[rec.n] = Flight(rec, pending=1)
             self.ready.append(flight)
-        best = self.best_or_none()
+        best = self.ledger.best()
         if best:
             self.ws.reset(best.commit_sha)
 
@@ -439,12 +439,8 @@ class Loop:
         self.flights.pop(flight.rec.n, None)
         self.worktrees.give_back(flight.ws)
 
-    def best_or_none(self) -> TrialRecord | None:
-        done = [t for t in self.ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
-        return done[-1] if done else None  # every keep beats the best before it
-
     def best(self) -> TrialRecord:
-        best = self.best_or_none()
+        best = self.ledger.best()
         assert best is not None, "no baseline"
         return best
 
@@ -467,7 +463,7 @@ class Loop:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def _failure_tail(self, trials: list[TrialRecord]) -> str:
-        last = next((t for t in reversed(trials) if t.status != RUNNING), None)
+        last = next((t for t in reversed(trials) if t.status != Status.RUNNING), None)
         if last and last.status in (Status.CRASH, Status.TIMEOUT):
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""

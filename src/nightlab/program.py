@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.ledger import TrialRecord
-from nightlab.types import Brief
+from nightlab.types import Brief, Status
 
 PHASE = re.compile(r"^#{2,3}\s+Phase\s+(\d+)\s*[—–:-]+\s*(.+?)\s*$", re.MULTILINE)
 SCRATCHPAD = """# Scratchpad
@@ -55,10 +55,10 @@ def current_phase(phases: list[Phase], trials: list[TrialRecord], cfg: Config) -
     labels = [p.label for p in phases]
     last = next((t.phase for t in reversed(trials) if t.phase in labels), labels[0])
     i = labels.index(last)
-    in_phase = [t for t in trials if t.phase == last and t.n > 0 and t.status != "running"]
+    in_phase = [t for t in trials if t.phase == last and t.n > 0 and t.status != Status.RUNNING]
     streak = 0
     for t in reversed(in_phase):
-        if t.status == "keep":
+        if t.status == Status.KEEP:
             break
         streak += 1
     gates = cfg.phases

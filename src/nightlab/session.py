@@ -17,7 +17,7 @@ from nightlab.measure import measure
 from nightlab.per_example import Examples
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunSpec, Status
+from nightlab.types import RunSpec
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
@@ -71,10 +71,10 @@ def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor
 def _best_commit(state: Path) -> str:
     ledger = Ledger(state / "ledger.sqlite")
     try:
-        kept = [t for t in ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
+        best = ledger.best()
     finally:
         ledger.close()
-    return kept[-1].commit_sha if kept else ""
+    return best.commit_sha if best else ""
 
 
 def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path, Examples | None]:

@@ -10,6 +10,9 @@ from typing import Any
 
 
 class Status(StrEnum):
+    """A trial's state in the ledger: RUNNING while in flight, then how it ended."""
+
+    RUNNING = "running"
     BASELINE = "baseline"
     KEEP = "keep"
     DISCARD = "discard"
@@ -18,6 +21,13 @@ class Status(StrEnum):
     REJECTED = "rejected"  # the agent changed a file it may not, or changed nothing
     INVALID = "invalid"  # a protected file changed, or a constraint was violated
     LOST = "lost"  # the infrastructure killed it; retried, never charged to the agent
+
+
+class RunEnd(StrEnum):
+    """How a single run (a row of the ledger's runs table) ended when no failing Status says it."""
+
+    OK = "ok"
+    INTERRUPTED = "interrupted"  # nightlab stopped while it ran
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ ref `refs/nightlab/<tag>/select`.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import time
@@ -37,9 +36,6 @@ from nightlab.workspace import Workspace, git
 # Far above the loop's seeds (0..k-1 for the baseline, 1000n+k for trial n): verify's runs are fresh.
 VERIFY_SEED = 1_000_000_000
 NEAR_MISSES = 2  # discarded trials that came closest to a keep, re-scored beside the chain on the selection split
-COLUMNS = ("run", "kind", "label", "trial", "commit_sha", "seeds", "final", "reference_runs", "runs",
-           "n_ref", "n", "reference", "value", "effect", "ci_low", "ci_high", "p_value", "cohens_d",
-           "note", "created")
 
 
 @dataclass
@@ -83,8 +79,8 @@ class Verifier:
             raise UsageError(f"tag {tag!r} has no finished baseline yet; nothing to verify")
         if not kept:
             raise UsageError(f"tag {tag!r} has kept nothing yet (the best is the baseline); nothing to verify")
-        self.kept, self.best = kept, kept[-1]
-        self.number = (ledger.db.execute("SELECT MAX(run) FROM verify").fetchone()[0] or 0) + 1
+        self.kept, self.best = kept, ledger.best() or kept[-1]
+        self.number = ledger.next_verify_run()
         self.seeds = [VERIFY_SEED + 1000 * self.number + i for i in range(opts.seeds)]
         self.env = passthrough(cfg.run.env, str(cfg.path))
         self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
@@ -271,25 +267,9 @@ class Verifier:
         for r in rows:
             c = r.result.as_dict() if r.result else {f.name: None for f in fields(Comparison)}
             records.append({"run": self.number, "kind": r.kind, "label": r.label, "trial": r.trial,
-                            "commit_sha": r.commit_sha, "seeds": json.dumps(self.seeds), "final": int(self.opts.final),
-                            "reference_runs": json.dumps(r.reference_runs), "runs": json.dumps(r.runs), **c,
-                            "note": r.note, "created": now})
-        with self.ledger.db:
-            self.ledger.db.executemany(
-                f"INSERT OR REPLACE INTO verify ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [[rec[k] for k in COLUMNS] for rec in records])
-
-
-def latest(ledger: Ledger) -> list[dict] | None:
-    """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
-    cur = ledger.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
-    names = [c[0] for c in cur.description]
-    rows = [dict(zip(names, values)) for values in cur]
-    for r in rows:
-        for k in ("seeds", "reference_runs", "runs"):
-            r[k] = json.loads(r[k]) if r[k] else []
-        r["final"] = bool(r["final"])
-    return rows or None
+                            "commit_sha": r.commit_sha, "seeds": self.seeds, "final": int(self.opts.final),
+                            "reference_runs": r.reference_runs, "runs": r.runs, **c, "note": r.note, "created": now})
+        self.ledger.save_verify(records)
 
 
 def _pm(runs: list[float], mean: float | None) -> str:

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from nightlab.config import Config
 from nightlab.decide import evidence_note
-from nightlab.ledger import Ledger, TrialRecord
+from nightlab.ledger import Ledger, TrialRecord, best_of
+from nightlab.types import Status
 
 STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
          "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue"}
@@ -31,10 +32,10 @@ def evidence(ledger: Ledger) -> dict:
 
 def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str,
                 evidence: dict | None = None) -> dict:
-    base = next((t for t in trials if t.n == 0 and t.status == "baseline"), None)
-    kept = [t for t in trials if t.status == "keep"]
-    best = kept[-1] if kept else base
-    done = [t for t in trials if t.n > 0 and t.status != "running"]
+    base = next((t for t in trials if t.n == 0 and t.status == Status.BASELINE), None)
+    kept = [t for t in trials if t.status == Status.KEEP]
+    best = best_of(trials)
+    done = [t for t in trials if t.n > 0 and t.status != Status.RUNNING]
     return {
         "tag": tag,
         "trials": len(done),
@@ -50,7 +51,7 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "branch": branch,
         "seconds": sum(t.seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
-        "running": [t.n for t in trials if t.status == "running"],
+        "running": [t.n for t in trials if t.status == Status.RUNNING],
         **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
     }
 
@@ -119,14 +120,14 @@ def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> lis
     out = []
     for slot in range(max([slots, *[r["slot"] + 1 for r in runs if r["slot"] is not None]])):
         mine = [r for r in runs if r["slot"] == slot]
-        current = next((r for r in mine if r["status"] == "running"), None)
+        current = next((r for r in mine if r["status"] == Status.RUNNING), None)
         busy = sum((r["finished"] or now) - r["started"] for r in mine)
         span = (max((r["finished"] or now) for r in mine) - min(r["started"] for r in mine)) if mine else 0.0
         out.append({"slot": slot, "trial": current["trial"] if current else None,
                     "run": current["k"] if current else None,
                     "for_s": now - current["started"] if current else None,
-                    "runs": len([r for r in mine if r["status"] != "running"]),
-                    "lost": len([r for r in mine if r["status"] == "lost"]),
+                    "runs": len([r for r in mine if r["status"] != Status.RUNNING]),
+                    "lost": len([r for r in mine if r["status"] == Status.LOST]),
                     "busy_s": busy, "busy": busy / span if span else None,
                     "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), "")})
     return out

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from nightlab import project, views
 from nightlab.config import Config
-from nightlab.ledger import RUNNING, Ledger, TrialRecord
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Status
 
 LAST = 12  # outcomes shown in the panel
 DOING = {"propose": "asking the agent", "run": "running", "confirm": "confirming with a fresh seed",
@@ -110,7 +111,7 @@ class LiveView:
         return bars
 
     def _best(self) -> Text:
-        scored = [t for t in self.trials if t.status in ("baseline", "keep") and t.metric is not None]
+        scored = [t for t in self.trials if t.status in (Status.BASELINE, Status.KEEP) and t.metric is not None]
         if not scored:
             return Text("—", style="dim")
         base, best = scored[0], scored[-1]
@@ -120,7 +121,7 @@ class LiveView:
             text.append(f"  trial {best.n}, baseline {views.fmt(base.metric)} ({pct:+.1f}%)", style="")
         else:
             text.append("  (the baseline)", style="dim")
-        kept = sum(t.status == "keep" for t in self.trials)
+        kept = sum(t.status == Status.KEEP for t in self.trials)
         text.append(f"  · {kept} kept of {max(len(self.trials) - 1, 0)}", style="dim")
         return text
 
@@ -140,6 +141,6 @@ def _finished(cfg: Config, tag: str) -> list[TrialRecord]:
         return []
     ledger = Ledger(path)
     try:
-        return [t for t in ledger.trials() if t.status != RUNNING]
+        return [t for t in ledger.trials() if t.status != Status.RUNNING]
     finally:
         ledger.close()
