@@ -28,7 +28,6 @@ from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashe
 from nightlab.executors import Executor, Job
 from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
 from nightlab.ledger import Ledger, TrialRecord, commit_message, write_tsv
-from nightlab.sandbox import passthrough
 from nightlab.types import Brief, Proposal, RunEnd, RunOutcome, Status
 from nightlab.workspace import Workspace
 
@@ -49,7 +48,6 @@ class Loop:
                  pipeline: bool = False) -> None:
         self.cfg, self.ws, self.ledger, self.agent, self.executor = cfg, ws, ledger, agent, executor
         self.state_dir, self.notify = state_dir, notify
-        self.env = passthrough(cfg.run.env, str(cfg.path))
         self.capacity = executor.slots + int(pipeline)
         self.inline = self.capacity == 1  # propose in this thread: Ctrl-C reaches the agent directly
         self.agent_lock = threading.Lock() if not getattr(agent, "concurrent", False) else None
@@ -227,7 +225,7 @@ class Loop:
             for entry in run_dir.iterdir():
                 if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        job = job_for(self.cfg, self.env, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
+        job = job_for(self.cfg, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
         self.ledger.run_started(job.id, rec.n, k, attempt, slot)
         if not rec.runs and flight.running == 0 and not attempt:
             self.notify("run", rec)

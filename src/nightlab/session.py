@@ -16,8 +16,7 @@ from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
 from nightlab.per_example import Examples
 from nightlab.sandbox import load_sandbox, passthrough
-from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunSpec
+from nightlab.runspec import run_spec
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
@@ -87,9 +86,7 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
     run_dir = out / stamp if out.name == "manual" else out
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "diff.patch").write_text(git("diff", "HEAD", "--", ".", cwd=cfg.root, check=False))
-    spec = RunSpec(command=cfg.run.command, cwd=cfg.root, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                   timeout_s=cfg.run.timeout_s, seed=0, trial=0, env=passthrough(cfg.run.env, str(cfg.path)),
-                   grace_s=cfg.run.grace_s, **spec_fields(cfg, cfg.root))
+    spec = run_spec(cfg, cfg.root, run_dir, seed=0, trial=0)
     seconds: list[float] = []
     try:
         measured = measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds)

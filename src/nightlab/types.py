@@ -88,7 +88,7 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra variables, already filtered
     log_name: str = "run.log"
     grace_s: float = 5.0
-    # What an isolating backend shows and limits (see sandbox/options.py); the process backend ignores them.
+    # What an isolating backend shows and limits (see runspec.py); the process backend ignores them.
     readonly: list[Path] = field(default_factory=list)  # readable besides cwd, e.g. the targets of data links
     hidden: list[Path] = field(default_factory=list)  # invisible (the project and its state), before re-binds
     masked: list[Path] = field(default_factory=list)  # invisible even inside cwd or readonly (the test split)

@@ -27,10 +27,10 @@ from nightlab.config import Config
 from nightlab.errors import NightlabError, TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.measure import measure
-from nightlab.sandbox import Sandbox, load_sandbox, passthrough
-from nightlab.sandbox.options import spec_fields
+from nightlab.runspec import run_spec, spec_fields
+from nightlab.sandbox import Sandbox, load_sandbox
 from nightlab.stats import Comparison, compare, compare_paired
-from nightlab.types import RunSpec, Status
+from nightlab.types import Status
 from nightlab.workspace import Workspace, git
 
 # Far above the loop's seeds (0..k-1 for the baseline, 1000n+k for trial n): verify's runs are fresh.
@@ -82,7 +82,6 @@ class Verifier:
         self.kept, self.best = kept, ledger.best() or kept[-1]
         self.number = ledger.next_verify_run()
         self.seeds = [VERIFY_SEED + 1000 * self.number + i for i in range(opts.seeds)]
-        self.env = passthrough(cfg.run.env, str(cfg.path))
         self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
         self.ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
         self.visible = project.visible_data(cfg)
@@ -128,9 +127,8 @@ class Verifier:
             self.say(f"{what}: seed {i + 1}/{len(self.seeds)}")
             run_dir = self.state / "verify" / str(self.number) / what / f"seed-{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            spec = RunSpec(command=cfg.run.command, cwd=self.ws.dir, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                           timeout_s=cfg.run.timeout_s, seed=seed, trial=trial.n, env=self.env | env,
-                           grace_s=cfg.run.grace_s, **self._isolation(env.get("NIGHTLAB_SPLIT")))
+            spec = run_spec(cfg, self.ws.dir, run_dir, seed=seed, trial=trial.n, env=env,
+                            isolation=self._isolation(env.get("NIGHTLAB_SPLIT")))
             measured = measure(cfg, self.sandbox, spec, [], data=data)
             values.append(measured.values[cfg.metric.name])
             self.examples[what].append(measured.examples)

@@ -48,7 +48,7 @@ from nightlab.errors import UsageError
 from nightlab.executors import Job, check_gpus, execute, gpu_ids
 from nightlab.executors.transfer import alive, collect, job_dir, materialise, short_tmp, write_back
 from nightlab.sandbox import load_sandbox
-from nightlab.sandbox.options import spec_fields
+from nightlab.runspec import spec_fields
 from nightlab.types import RunOutcome, Status
 
 MB = 1 << 20

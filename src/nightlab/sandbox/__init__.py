@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nightlab.errors import UsageError
+from nightlab.sandbox.probe import choose_auto
 from nightlab.types import RunResult, RunSpec
 
 BACKENDS = {"bwrap": "nightlab.sandbox.bwrap:BwrapSandbox", "docker": "nightlab.sandbox.container:DockerSandbox",
@@ -30,8 +31,6 @@ class Sandbox(Protocol):
 
 def load_sandbox(name: str) -> Sandbox:
     if name == "auto":  # bwrap, docker or podman, whichever works first; never `process` (no isolation)
-        from nightlab.sandbox.probe import choose_auto
-
         name = choose_auto()
     target = BACKENDS.get(name)
     if target is None:

