@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nightlab"
-# What a sandbox module may import from nightlab: the records, errors, config and log parsing, and itself.
-SANDBOX_MAY = ("nightlab.types", "nightlab.errors", "nightlab.config", "nightlab.metrics", "nightlab.sandbox")
+# What a sandbox module may import from nightlab: the records, errors, config, log parsing, the plug-in loader, and itself.
+SANDBOX_MAY = ("nightlab.types", "nightlab.errors", "nightlab.config", "nightlab.metrics", "nightlab.plugins",
+               "nightlab.sandbox")
 
 
 def imports(path: Path) -> set[str]:

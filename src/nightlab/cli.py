@@ -19,6 +19,7 @@ from rich.markup import escape
 from nightlab import __version__, config, project, views
 from nightlab.errors import NightlabError, UsageError
 from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Event
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
@@ -165,18 +166,18 @@ def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float 
     return reason
 
 
-def _print_event(event: str, rec: TrialRecord) -> None:
-    if event == "propose":
+def _print_event(event: Event, rec: TrialRecord) -> None:
+    if event == Event.PROPOSE:
         console.print(f"[dim]trial {rec.n}: asking the agent…[/]")
-    elif event == "run":
+    elif event == Event.RUN:
         console.print(f"[dim]trial {rec.n}: running{escape(': ' + rec.description) if rec.description else ''}[/]")
-    elif event == "confirm":
+    elif event == Event.CONFIRM:
         console.print(f"[dim]trial {rec.n}: promising ({rec.runs[-1]:.6g}); confirming with a fresh seed[/]")
-    elif event == "lost":
+    elif event == Event.LOST:
         console.print(f"[dim]trial {rec.n}: a run was lost (the infrastructure stopped it); running it again[/]")
-    elif event == "rebase":
+    elif event == Event.REBASE:
         console.print(f"[dim]trial {rec.n}: the best moved on; {escape(rec.reason)}, running it again[/]")
-    elif event == "done":
+    elif event == Event.DONE:
         style = views.STYLE.get(rec.status, "")
         metric = views.fmt(rec.metric) + (f" ({views.fmt(rec.delta, True)})" if rec.delta is not None else "")
         why = f" [{rec.reason}]" if rec.reason else ""

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import metrics, per_example, program
-from nightlab.agents import Agent
+from nightlab.agents import Agent, capable
 from nightlab.config import Config
 from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_note, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
 from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
 from nightlab.ledger import Ledger, TrialRecord, commit_message, write_tsv
-from nightlab.types import Brief, Proposal, RunEnd, RunOutcome, Status
+from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -44,13 +44,13 @@ class Limits:
 
 class Loop:
     def __init__(self, cfg: Config, ws: Workspace, ledger: Ledger, agent: Agent, executor: Executor,
-                 state_dir: Path, notify: Callable[[str, TrialRecord], None] = lambda event, rec: None,
+                 state_dir: Path, notify: Callable[[Event, TrialRecord], None] = lambda event, rec: None,
                  pipeline: bool = False) -> None:
         self.cfg, self.ws, self.ledger, self.agent, self.executor = cfg, ws, ledger, agent, executor
         self.state_dir, self.notify = state_dir, notify
         self.capacity = executor.slots + int(pipeline)
         self.inline = self.capacity == 1  # propose in this thread: Ctrl-C reaches the agent directly
-        self.agent_lock = threading.Lock() if not getattr(agent, "concurrent", False) else None
+        self.agent_lock = None if capable(agent, "concurrent") else threading.Lock()
         self.flights: dict[int, Flight] = {}
         self.ready: deque[Flight] = deque()  # flights with runs to start, in order
         self.jobs: dict[Future, tuple[Flight, Job, int]] = {}
@@ -128,7 +128,7 @@ class Loop:
                               self._failure_tail(trials), self.ledger.get("eval_se"))
         rec.phase = brief.phase
         self.ledger.save(rec)
-        self.notify("propose", rec)
+        self.notify(Event.PROPOSE, rec)
         (self.run_dir(n) / "brief.md").write_text(brief.text)
         flight = self.flights[n] = Flight(rec, ws)
         if self.inline:
@@ -228,7 +228,7 @@ class Loop:
         job = job_for(self.cfg, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
         self.ledger.run_started(job.id, rec.n, k, attempt, slot)
         if not rec.runs and flight.running == 0 and not attempt:
-            self.notify("run", rec)
+            self.notify(Event.RUN, rec)
         flight.running += 1
         self.jobs[self.executor.submit(job)] = (flight, job, k)
 
@@ -247,7 +247,7 @@ class Loop:
         if out.status == Status.LOST:
             flight.lost[k] = flight.lost.get(k, 0) + 1
             if flight.lost[k] <= LOST_RETRIES:
-                self.notify("lost", rec)
+                self.notify(Event.LOST, rec)
                 flight.retry.append(k)
                 self._requeue(flight)
                 return
@@ -293,7 +293,7 @@ class Loop:
         d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep,
                    distinct(best.runs) or None, eval_se)
         if d.verdict == Verdict.CONFIRM:
-            self.notify("confirm", rec)
+            self.notify(Event.CONFIRM, rec)
             flight.pending += 1
             self._requeue(flight)
             return
@@ -324,7 +324,7 @@ class Loop:
         flight.pending = 1
         (self.run_dir(rec.n) / "diff.patch").write_text(flight.ws.patch(new))
         self.ledger.save(rec)
-        self.notify("rebase", rec)
+        self.notify(Event.REBASE, rec)
         return True
 
     def _reapply(self, flight: Flight, best: TrialRecord) -> str | None:
@@ -334,7 +334,7 @@ class Loop:
         a diff) is asked again on the new best; any other trial's commit is cherry-picked.
         """
         rec, ws = flight.rec, flight.ws
-        if not getattr(self.agent, "reproposes", False):
+        if not capable(self.agent, "reproposes"):
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
         brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "",
@@ -394,7 +394,7 @@ class Loop:
         write_tsv(self.ledger.trials(), self.cfg.metric.name, self.state_dir / "results.tsv")
         self.agent.observe(rec.n, Status(rec.status), rec.metric)
         self._release(flight)
-        self.notify("done", rec)
+        self.notify(Event.DONE, rec)
 
     # -- state -----------------------------------------------------------------------------------
     def recover(self) -> None:

@@ -17,6 +17,7 @@ from nightlab.measure import measure
 from nightlab.per_example import Examples
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.runspec import run_spec
+from nightlab.types import Event
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
@@ -27,7 +28,7 @@ def identity(cfg: Config) -> dict[str, object]:
 
 
 def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
-                notify: Callable[[str, TrialRecord], None]) -> str:
+                notify: Callable[[Event, TrialRecord], None]) -> str:
     """One `nightlab run`; `[executor]` (with the CLI's overrides applied) says where and how many at once."""
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
@@ -46,7 +47,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
 
 
 def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor: Executor, limits: Limits,
-         notify: Callable[[str, TrialRecord], None]) -> str:
+         notify: Callable[[Event, TrialRecord], None]) -> str:
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
     ws.open(fresh=fresh, best="" if fresh else _best_commit(state))
     ws.link_data(project.visible_data(cfg))

@@ -30,6 +30,17 @@ class RunEnd(StrEnum):
     INTERRUPTED = "interrupted"  # nightlab stopped while it ran
 
 
+class Event(StrEnum):
+    """What the loop tells its `notify(event, rec)` callback about trial `rec`."""
+
+    PROPOSE = "propose"  # the agent is asked for it
+    RUN = "run"  # its first run starts
+    CONFIRM = "confirm"  # promising but uncertain: it runs again with a fresh seed
+    LOST = "lost"  # the infrastructure lost one of its runs, which runs again
+    REBASE = "rebase"  # the best moved on: its change was re-applied there and runs again from scratch
+    DONE = "done"  # finished and recorded
+
+
 @dataclass(frozen=True)
 class Metric:
     """The primary metric's name and direction; comparisons read 'better', not 'larger'."""

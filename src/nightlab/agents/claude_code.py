@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from nightlab.agents import clirun
+from nightlab.agents import Agent, clirun
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost, price_for
 from nightlab.agents.toolloop import system_prompt
@@ -37,7 +37,7 @@ QUIET = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC":
          "DISABLE_ERROR_REPORTING": "1"}
 
 
-class ClaudeCodeAgent:
+class ClaudeCodeAgent(Agent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "claude")

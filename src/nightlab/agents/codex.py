@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nightlab.agents import clirun
+from nightlab.agents import Agent, clirun
 from nightlab.agents.claude_code import REPLY, reply_lines
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost
@@ -32,7 +32,7 @@ LOCKDOWN = ["sandbox_workspace_write.exclude_slash_tmp=true", "sandbox_workspace
             'shell_environment_policy.inherit="core"', 'approval_policy="never"']
 
 
-class CodexAgent:
+class CodexAgent(Agent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "codex")

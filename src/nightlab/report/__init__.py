@@ -17,9 +17,10 @@ from nightlab.errors import UsageError
 from nightlab.ledger import TrialRecord
 from nightlab.report import data as report_data
 from nightlab.report import html
+from nightlab.types import Event
 
 log = logging.getLogger("nightlab.report")
-Notify = Callable[[str, TrialRecord], None]
+Notify = Callable[[Event, TrialRecord], None]
 # At most one rewrite per REFRESH_S while a run goes on (a real trial takes minutes, so each still gets its
 # own); the last state is always written when the run stops. Sub-second trials would otherwise spend more
 # time drawing charts than training.
@@ -81,9 +82,9 @@ class Regenerator:
             self.mlflow = MlflowLogger(cfg, tag)  # fails here, before the run, when the extra is missing
         self.thread.start()
 
-    def __call__(self, event: str, rec: TrialRecord) -> None:
+    def __call__(self, event: Event, rec: TrialRecord) -> None:
         self.inner(event, rec)
-        if event == "done":
+        if event == Event.DONE:
             with self.cond:
                 self.pending.append(rec)
                 self.dirty = self.cfg.report.html

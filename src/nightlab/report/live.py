@@ -20,18 +20,18 @@ from rich.text import Text
 from nightlab import project, views
 from nightlab.config import Config
 from nightlab.ledger import Ledger, TrialRecord
-from nightlab.types import Status
+from nightlab.types import Event, Status
 
 LAST = 12  # outcomes shown in the panel
-DOING = {"propose": "asking the agent", "run": "running", "confirm": "confirming with a fresh seed",
-         "lost": "running again (a run was lost)", "rebase": "running again on the new best"}
-TIMED = ("run", "confirm", "lost", "rebase")  # events that start a run
+DOING = {Event.PROPOSE: "asking the agent", Event.RUN: "running", Event.CONFIRM: "confirming with a fresh seed",
+         Event.LOST: "running again (a run was lost)", Event.REBASE: "running again on the new best"}
+TIMED = (Event.RUN, Event.CONFIRM, Event.LOST, Event.REBASE)  # events that start a run
 
 
 class LiveView:
     """A `notify(event, rec)` callback; use it as a context manager around the run."""
 
-    def __init__(self, cfg: Config, tag: str, console: Console, plain: Callable[[str, TrialRecord], None],
+    def __init__(self, cfg: Config, tag: str, console: Console, plain: Callable[[Event, TrialRecord], None],
                  max_trials: int | None = None, hours: float | None = None) -> None:
         self.cfg, self.tag, self.console, self.plain = cfg, tag, console, plain
         self.max_trials, self.hours = max_trials, hours
@@ -53,11 +53,11 @@ class LiveView:
         if self.live is not None:
             self.live.stop()
 
-    def __call__(self, event: str, rec: TrialRecord) -> None:
+    def __call__(self, event: Event, rec: TrialRecord) -> None:
         if not self.terminal:
             self.plain(event, rec)
             return
-        if event == "done":
+        if event == Event.DONE:
             self.trials.append(rec)
             self.flying.pop(rec.n, None)
             self.plain(event, rec)  # printed above the panel: the history stays in the scrollback
