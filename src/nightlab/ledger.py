@@ -301,7 +301,8 @@ def _num(v: float | None) -> str:
 
 
 def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, metric_name: str) -> str:
-    """A finished trial's commit message (DESIGN §5): its result against the best before it, and how it ended."""
+    """A finished trial's commit message: its result against the best before it, and how it ended, so that
+    `git log` of the branch tells the story even without the ledger (users and tests read this format)."""
     pm = f" ± {noise:.5g}" if noise else ""
     value = f"{rec.metric:.5f}{pm}" if rec.metric is not None else "—"
     lines = [f"trial {rec.n}: {rec.description}", "", f"{metric_name}: {value} (best {best.metric:.5f}{pm})"]

@@ -1,4 +1,5 @@
-"""What `status` and `log` show: the JSON contracts of DESIGN §5 and their rich tables."""
+"""What `status` and `log` show: their `--json` objects (users' scripts read them: keep the fields stable) and
+their rich tables."""
 
 from __future__ import annotations
 

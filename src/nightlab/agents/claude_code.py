@@ -1,6 +1,6 @@
 """The `claude-code` agent: the real `claude` CLI, headless, once per trial.
 
-Flags as measured in research/sandbox.md (Part B1, claude-code 2.1.332): `-p` with stream-json output;
+Flags as measured with claude-code 2.1.332 (the version the tests pin): `-p` with stream-json output;
 only Read/Edit/Glob/Grep offered (`--tools`, so Bash and Write do not exist for it); edits allowed
 only to the editable files and the scratchpad (`--allowedTools "Edit(train.py)"`); deny rules for
 Bash, Write, edits of protected files and, outside the phases in `[phases] allow_web`, the web tools;

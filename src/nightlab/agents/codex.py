@@ -1,4 +1,4 @@
-"""The `codex` agent: the real `codex exec --json`, once per trial (measured: research/sandbox.md, Part B2).
+"""The `codex` agent: the real `codex exec --json`, once per trial (as measured with the pinned codex 0.171.0).
 
 Codex edits through shell commands, which it runs in its own sandbox: `-s workspace-write` (writes
 only inside the workspace), no network, `/tmp` and $TMPDIR excluded from the writable roots, and a

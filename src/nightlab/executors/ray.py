@@ -12,7 +12,7 @@ the task's thread (the worker's main thread, measured), and it waits for the run
 death ends it early. Measured: a worker killed with SIGKILL or by `ray.cancel(force=True)` takes its
 run with it, under both backends.
 
-A cluster started here (measured with Ray 2.60, research/distributed-and-hpo.md §4):
+A cluster started here (each point measured with Ray 2.60):
 - binds every server to 127.0.0.1: Ray rewrites `--node-ip-address=127.0.0.1` to the routable address
   (and then listens on all interfaces) unless it thinks it runs a single-machine cluster, which the
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 switch makes it do on Linux too (the same for a loopback

@@ -1,7 +1,7 @@
 """A bwrap profile for agent CLIs (claude, codex): the network stays (the agent must reach its model),
 the files it may not change are read-only at the OS level, and it sees only the environment it is given.
 
-A CLI's own permission layer is not relied on: as measured (research/sandbox.md, Part B), a CLI's shell
+A CLI's own permission layer is not relied on: measured with the pinned CLIs, a CLI's shell
 tool inherits its environment and `acceptEdits` lets it edit any file. Here the candidate's worktree is
 writable (CLIs edit by writing a temporary file and renaming it over the original, which a file bind
 would refuse with EBUSY), while `.git`, the protected files and everything outside are read-only, and

@@ -1,6 +1,6 @@
 """The bubblewrap backend: every run in its own user, mount, pid, net, ipc and uts namespaces.
 
-The rules below were each measured (research/sandbox.md, DESIGN §7): bwrap is exec'd with an EMPTY
+The rules below were each measured, and each closes an escape seen without it: bwrap is exec'd with an EMPTY
 environment (its pid-1 init keeps the environment it was started with, readable in /proc/1/environ);
 a user namespace with an unprivileged uid and --cap-drop ALL (as root without them the code inside
 remounted a read-only bind and wrote to the host); tmpfs over /tmp, /run (filesystem unix sockets stay
