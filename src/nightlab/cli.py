@@ -8,9 +8,10 @@ import logging
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,14 +22,17 @@ from nightlab.errors import NightlabError, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.types import Event
 
+if TYPE_CHECKING:
+    from nightlab.verify import Options as VerifyOptions
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("nightlab")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
-TagOpt = Annotated[Optional[str], typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -91,8 +95,8 @@ def _lock(state: Path) -> Iterator[None]:
 # -- init / prepare ---------------------------------------------------------------------------
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Project directory (default: here).")] = Path("."),
-         example: Annotated[Optional[str], typer.Option(help="Copy a bundled example into DIR.")] = None,
-         editable: Annotated[Optional[list[str]], typer.Option(help="A file the agent may edit (repeatable).")] = None,
+         example: Annotated[str | None, typer.Option(help="Copy a bundled example into DIR.")] = None,
+         editable: Annotated[list[str] | None, typer.Option(help="A file the agent may edit (repeatable).")] = None,
          metric: Annotated[str, typer.Option(help="Primary metric name.")] = "val_bpb",
          goal: Annotated[str, typer.Option(help="minimize or maximize.")] = "minimize",
          command: Annotated[str, typer.Option(help="Training command.")] = "python train.py",
@@ -126,15 +130,18 @@ def prepare(config_path: ConfigOpt = None) -> None:
 # -- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(config_path: ConfigOpt = None, tag: TagOpt = None,
-        agent: Annotated[Optional[str], typer.Option(help="Agent name (config: agent.name).")] = None,
-        max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (after the baseline).", min=0)] = None,
-        hours: Annotated[Optional[float], typer.Option(help="Stop after this many hours.", min=0)] = None,
-        budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
-        sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
-        slots: Annotated[Optional[int], typer.Option(help="Trials in flight at once (config: executor.slots).", min=1)] = None,
-        executor: Annotated[Optional[str], typer.Option(help="local or ray (config: executor.name).")] = None,
-        pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline",
-                            help="The agent prepares the next trial while the slots train (config: executor.pipeline).")] = None,
+        agent: Annotated[str | None, typer.Option(help="Agent name (config: agent.name).")] = None,
+        max_trials: Annotated[int | None, typer.Option(help="Stop after this many trials (after the baseline).",
+                                                       min=0)] = None,
+        hours: Annotated[float | None, typer.Option(help="Stop after this many hours.", min=0)] = None,
+        budget: Annotated[float | None, typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+        sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
+        slots: Annotated[int | None, typer.Option(help="Trials in flight at once (config: executor.slots).",
+                                                  min=1)] = None,
+        executor: Annotated[str | None, typer.Option(help="local or ray (config: executor.name).")] = None,
+        pipeline: Annotated[bool | None, typer.Option("--pipeline/--no-pipeline",
+                            help="The agent prepares the next trial while the slots train "
+                                 "(config: executor.pipeline).")] = None,
         ) -> None:
     """Run the research loop; rerun with the same --tag to resume where it stopped."""
     cfg = _load(config_path)
@@ -189,9 +196,11 @@ def _print_event(event: Event, rec: TrialRecord) -> None:
 # -- trial ------------------------------------------------------------------------------------
 @app.command()
 def trial(config_path: ConfigOpt = None,
-          record: Annotated[bool, typer.Option("--record", help="Keep the run's outputs under .nightlab/manual/.")] = False,
-          sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend.")] = None,
-          budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+          record: Annotated[bool, typer.Option("--record",
+                                               help="Keep the run's outputs under .nightlab/manual/.")] = False,
+          sandbox: Annotated[str | None, typer.Option(help="Sandbox backend.")] = None,
+          budget: Annotated[float | None,
+                            typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
           ) -> None:
     """Run the current working tree once, like the seed's run.sh, and print its metrics."""
     cfg = _load(config_path)
@@ -271,10 +280,15 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
 @app.command("verify")
 def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
                seeds: Annotated[int, typer.Option(help="Fresh seeds per measurement.", min=2, max=1000)] = 5,
-               ablate: Annotated[bool, typer.Option("--ablate", help="Take each kept change out of the best in turn.")] = False,
-               test: Annotated[bool, typer.Option("--test", help="Evaluate baseline and best on the test split.")] = False,
-               final: Annotated[bool, typer.Option("--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False,
-               select: Annotated[bool, typer.Option("--select", help="Re-rank the kept states on the selection split ([data] select); with --test, on test too.")] = False) -> None:
+               ablate: Annotated[bool, typer.Option("--ablate",
+                                                    help="Take each kept change out of the best in turn.")] = False,
+               test: Annotated[bool, typer.Option("--test",
+                                                  help="Evaluate baseline and best on the test split.")] = False,
+               final: Annotated[bool, typer.Option(
+                   "--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False,
+               select: Annotated[bool, typer.Option(
+                   "--select", help="Re-rank the kept states on the selection split ([data] select); "
+                                    "with --test, on test too.")] = False) -> None:
     """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final, --select."""
     cfg = _load(config_path)
     if select and not cfg.data.select:
@@ -289,7 +303,7 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
     _verify(cfg, tag, verify.Options(seeds, ablate, test, final, select))
 
 
-def _verify(cfg: config.Config, tag: str, opts: object) -> None:
+def _verify(cfg: config.Config, tag: str, opts: VerifyOptions) -> None:
     """Run `nightlab verify` for a tag under its lock and print its tables."""
     from nightlab import verify
 
@@ -344,12 +358,13 @@ def doctor() -> None:
 
 # -- demo -------------------------------------------------------------------------------------
 @app.command()
-def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo project.")] = None,
+def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo project.")] = None,
          trials: Annotated[int, typer.Option(help="Trials after the baseline.", min=1)] = 8) -> None:
     """Run a short session on the bundled quickstart example with the offline optuna agent."""
     dest = directory or Path(tempfile.mkdtemp(prefix="nightlab-demo-"))
     project.copy_example("quickstart", dest)
-    console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, {trials} trials")
+    console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, "
+                  f"{trials} trials")
     cfg = config.load(dest / config.CONFIG_NAME)
     project.prepare(cfg)
     reason = _session(cfg, "demo", trials, None)

@@ -31,6 +31,12 @@ class Flight:
     proposal: Future | None = None
     examples: list = field(default_factory=list)  # per_example.Examples of each successful run
 
+    @property
+    def tree(self) -> Workspace:
+        """The worktree it holds; only a resumed trial still waiting for one holds none, and it is not used then."""
+        assert self.ws is not None, f"trial {self.rec.n} holds no worktree"
+        return self.ws
+
 
 class Worktrees:
     """The worktrees trials borrow. One trial at a time uses the branch's own (as the seed does); more get
@@ -63,7 +69,7 @@ class Worktrees:
 
 def job_for(cfg: Config, flight: Flight, run_dir: Path, k: int, slot: int, job_id: str) -> Job:
     """Run k of the trial's commit as its worktree holds it, with the editable files by value for remote workers."""
-    rec, here = flight.rec, flight.ws.dir
+    rec, here = flight.rec, flight.tree.dir
     spec = run_spec(cfg, here, run_dir, seed=rec.seed + k, trial=rec.n)
     files = {f: (here / f).read_bytes() for f in cfg.project.editable if (here / f).is_file()}
     return Job(id=job_id, spec=spec, slot=slot, files=files)

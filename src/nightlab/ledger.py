@@ -1,4 +1,4 @@
-"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv and commit messages."""
+"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv, commit messages."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from nightlab.errors import NightlabError, UsageError
 from nightlab.per_example import Examples, average
@@ -113,7 +114,8 @@ class Ledger:
 
     def _migrate(self) -> None:
         """Create what a new ledger lacks; bring a ledger from an older nightlab up to SCHEMA."""
-        fresh = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone() is None
+        trials = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone()
+        fresh = trials is None
         self.db.executescript(SCHEMA)
         done = self.migrations()
         for name, step in MIGRATIONS.items():
@@ -140,7 +142,7 @@ class Ledger:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: str, default: Any = None) -> Any:  # any JSON value, as stored
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
@@ -177,7 +179,8 @@ class Ledger:
     def save_examples(self, trial: int, k: int, ex: Examples) -> None:
         vals, weights = ex.encode()
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)", (trial, k, len(ex), vals, weights))
+            self.db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)",
+                            (trial, k, len(ex), vals, weights))
 
     def examples(self, trial: int) -> list[Examples]:
         """Every run's per-example values of a trial, in run order."""

@@ -121,6 +121,7 @@ class Loop:
         trials = self.ledger.trials()
         n = trials[-1].n + 1
         ws = self.worktrees.take()
+        assert ws is not None, "proposals start only while a worktree is available"
         rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n)
         ws.reset(best.commit_sha)
         program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
@@ -134,7 +135,8 @@ class Loop:
         if self.inline:
             fut: Future = Future()
             try:
-                fut.set_result(self._make(flight, brief))
+                self._make(flight, brief)
+                fut.set_result(None)
             except (AgentFailed, EditRejected, AgentExhausted) as e:
                 fut.set_exception(e)
             self._proposed(flight, fut)
@@ -143,7 +145,7 @@ class Loop:
 
     def _make(self, flight: Flight, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
-        rec, ws, out = flight.rec, flight.ws, self.run_dir(flight.rec.n)
+        rec, ws, out = flight.rec, flight.tree, self.run_dir(flight.rec.n)
         proposal = self._ask(ws, brief)
         (out / "agent.log").write_text(proposal.transcript)
         first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
@@ -205,8 +207,8 @@ class Loop:
         rec, best = flight.rec, self.ledger.best()
         if rec.n == 0 or best is None:
             return True
-        if flight.ws.head() != rec.commit_sha:  # resumed, or its worktree was reused
-            flight.ws.reset(rec.commit_sha)
+        if flight.tree.head() != rec.commit_sha:  # resumed, or its worktree was reused
+            flight.tree.reset(rec.commit_sha)
         if rec.parent == best.commit_sha or self._rebase(flight):
             return True
         self.finish(flight)
@@ -256,7 +258,8 @@ class Loop:
         if out.status is not None:
             self._failed(flight, out)
             return
-        rec.metrics = {m: (rec.metrics.get(m, v) * len(rec.runs) + v) / (len(rec.runs) + 1) for m, v in out.values.items()}
+        done = len(rec.runs)  # the running mean of every metric over the trial's runs
+        rec.metrics = {m: (rec.metrics.get(m, v) * done + v) / (done + 1) for m, v in out.values.items()}
         rec.runs.append(out.values[name])
         if out.examples is not None:
             flight.examples.append(out.examples)
@@ -280,6 +283,7 @@ class Loop:
             self.ledger.delete(0)
             raise RunCrashed(f"the baseline failed ({out.status}: {out.reason}); fix it before searching "
                              f"(see {self.run_dir(0)}/run.log)")
+        assert out.status is not None, "only a failed run gets here"
         rec.status, rec.reason = out.status, out.reason
         if out.status == Status.LOST:
             rec.reason = f"lost {LOST_RETRIES + 1} times ({out.reason})"
@@ -288,6 +292,7 @@ class Loop:
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, flight: Flight) -> None:
         rec, best = flight.rec, self.best()
+        assert best.metric is not None, "the best always has its value"
         mine, theirs = per_example.average(flight.examples), self._examples(best.n)
         eval_se = per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
         d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep,
@@ -322,7 +327,7 @@ class Loop:
         rec.metric = rec.delta = None
         rec.reason = f"rebased onto trial {best.n}"
         flight.pending = 1
-        (self.run_dir(rec.n) / "diff.patch").write_text(flight.ws.patch(new))
+        (self.run_dir(rec.n) / "diff.patch").write_text(flight.tree.patch(new))
         self.ledger.save(rec)
         self.notify(Event.REBASE, rec)
         return True
@@ -333,12 +338,12 @@ class Loop:
         An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not
         a diff) is asked again on the new best; any other trial's commit is cherry-picked.
         """
-        rec, ws = flight.rec, flight.ws
+        rec, ws = flight.rec, flight.tree
         if not capable(self.agent, "reproposes"):
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
-        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "",
-                              self.ledger.get("eval_se"))
+        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws),
+                              "", self.ledger.get("eval_se"))
         try:
             proposal = self._ask(ws, brief)
             files = ws.verify_edits()
@@ -382,7 +387,7 @@ class Loop:
         rec = flight.rec
         rec.finished = time.time()
         if rec.commit_sha and rec.n > 0:
-            rec.commit_sha = flight.ws.amend(commit_message(rec, self.best(), self.noise(), self.cfg.metric.name))
+            rec.commit_sha = flight.tree.amend(commit_message(rec, self.best(), self.noise(), self.cfg.metric.name))
             self.ws.mark(rec.n, rec.commit_sha)
         elif rec.n == 0:
             self.ws.mark(0, rec.commit_sha)
@@ -422,7 +427,7 @@ class Loop:
 
     def _abandon(self) -> None:
         """On the way out (Ctrl-C, an error): stop runs and proposals still in flight; the ledger keeps them running."""
-        for flight, job, _ in self.jobs.values():
+        for _, job, _ in self.jobs.values():
             self.executor.cancel(job.id)
         for flight in self.flights.values():
             if flight.proposal is not None and not flight.proposal.done():

@@ -1,4 +1,4 @@
-"""Finding a role's implementation (agent, sandbox, executor) by short name or `module:Class`, imported only when used."""
+"""Finding a role's implementation (agent, sandbox, executor) by short name or `module:Class`, imported on use."""
 
 from __future__ import annotations
 

@@ -112,9 +112,11 @@ def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, no
                             for c in m.constraints) or "none"
     parts.append(
         "## Rules\n\n"
-        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} with what you tried and learned.\n"
+        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} "
+        "with what you tried and learned.\n"
         "- One change per trial. No new files, no new dependencies.\n"
-        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); it is killed at {cfg.run.timeout_s:g} s.\n"
+        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); "
+        f"it is killed at {cfg.run.timeout_s:g} s.\n"
         f"- Hard constraints: {constraints}.\n"
         "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.\n\n"
         "## Reply\n\nA one-line description of the change, then one sentence of hypothesis (why it should help).")

@@ -10,13 +10,13 @@ from nightlab import metrics, project
 from nightlab.agents import Agent, load_agent
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
-from nightlab.ledger import Ledger, TrialRecord
 from nightlab.executors import Executor, load_executor
+from nightlab.ledger import Ledger, TrialRecord
 from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
 from nightlab.per_example import Examples
-from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.runspec import run_spec
+from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.types import Event
 from nightlab.workspace import Workspace, git, ignore_state_dir
 

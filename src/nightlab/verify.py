@@ -73,13 +73,13 @@ class Verifier:
         self.cfg, self.tag, self.ledger, self.opts, self.say = cfg, tag, ledger, opts, say
         self.state = project.state_dir(cfg, tag)
         self.trials = ledger.trials()
-        self.base = next((t for t in self.trials if t.n == 0 and t.status == Status.BASELINE), None)
+        base = next((t for t in self.trials if t.n == 0 and t.status == Status.BASELINE), None)
         kept = [t for t in self.trials if t.status == Status.KEEP]
-        if self.base is None:
+        if base is None:
             raise UsageError(f"tag {tag!r} has no finished baseline yet; nothing to verify")
         if not kept:
             raise UsageError(f"tag {tag!r} has kept nothing yet (the best is the baseline); nothing to verify")
-        self.kept, self.best = kept, ledger.best() or kept[-1]
+        self.base, self.kept, self.best = base, kept, ledger.best() or kept[-1]
         self.number = ledger.next_verify_run()
         self.seeds = [VERIFY_SEED + 1000 * self.number + i for i in range(opts.seeds)]
         self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
@@ -220,7 +220,7 @@ class Verifier:
         goal = self.cfg.primary
         misses = [t for t in self.trials if t.status == Status.DISCARD and t.delta is not None
                   and not t.reason.startswith("stale")]
-        misses.sort(key=lambda t: -goal.improvement(t.delta, 0.0))
+        misses.sort(key=lambda t: -goal.improvement(t.delta or 0.0, 0.0))
         near = sorted(misses[:NEAR_MISSES], key=lambda t: t.n)
         return [(self.base, "baseline"), *((t, "keep") for t in self.kept), *((t, "near miss") for t in near)]
 
@@ -313,7 +313,8 @@ def rerank_table(rows: list[dict], trials: list[TrialRecord], cfg: Config) -> Ta
     for r in (r for r in rows if r["kind"] == "select"):
         mark = "[bold green]★[/] " if r["note"] == "best on the selection split" else "  "
         select = _pm(r["runs"], r["value"]) if r["runs"] else f"[yellow]{escape(r['note'])}[/]"
-        cells = [mark + escape(r["label"]), f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—", select]
+        searched = f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—"
+        cells = [mark + escape(r["label"]), searched, select]
         if test:
             other = test.get(r["trial"])
             cells.append(_pm(other["runs"], other["value"]) if other and other["runs"] else "—")

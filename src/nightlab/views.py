@@ -4,6 +4,7 @@ their rich tables."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -44,7 +45,8 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "baseline": base.metric if base else None,
         "best": best.metric if best else None,
         "best_trial": best.n if best else None,
-        "delta": (best.metric - base.metric) if best and base else None,
+        "delta": (best.metric - base.metric) if best and base and best.metric is not None and base.metric is not None
+        else None,
         "goal": cfg.metric.goal,
         "metric_name": cfg.metric.name,
         "noise": noise,
@@ -65,13 +67,13 @@ def fmt(v: float | None, sign: bool = False) -> str:
 
 def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "", width: int = 80) -> Table:
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    clip = {"no_wrap": True, "overflow": "ellipsis"}
+    clip: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"}
     for col, kw in [("n", {"justify": "right", "min_width": 3}), ("status", {"min_width": 8}),
                     (metric_name, {"justify": "right", "min_width": 10, **clip}),
                     ("delta", {"justify": "right", "min_width": 10, **clip}),
                     ("phase", {"min_width": 8, "max_width": 16, **clip}), ("s", {"justify": "right", "min_width": 4}),
                     ("description", {"min_width": 20, "max_width": max(20, width - 70), **clip})]:
-        table.add_column(col, **kw)
+        table.add_column(col, **kw)  # type: ignore[arg-type]  # each kw is a dict of add_column keywords
     for t in trials:
         text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
             f"{t.description} [{t.reason}]" if t.description else t.reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from nightlab.config import Config
 from nightlab.errors import UsageError
@@ -59,7 +59,7 @@ def capable(agent: Agent, flag: Literal["concurrent", "reproposes"]) -> bool:
     return bool(getattr(agent, flag, getattr(Agent, flag)))
 
 
-def require(module: str, extra: str) -> object:
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency, or fail with the pip extra that provides it."""
     try:
         return importlib.import_module(module)

@@ -187,8 +187,11 @@ class ToolLoopAgent(Agent):
 
     cfg: Config
     model: str
-    chat_class: type
     concurrent = True  # each proposal is its own conversation over its own worktree: slots may ask at once
+
+    @property
+    def chat_class(self) -> type:
+        raise NotImplementedError
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal:
         tools = FileTools(workspace, brief.editable, self.cfg.project.scratchpad)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from nightlab import project
@@ -111,7 +112,8 @@ class Regenerator:
                 if self.closing and not batch and not regenerate:
                     return
             for rec in batch:
-                self._safely("mlflow", lambda: self.mlflow and self.mlflow.log(rec))
+                if self.mlflow is not None:
+                    self._safely("mlflow", partial(self.mlflow.log, rec))
             if regenerate:
                 self._safely("report", self._write)
                 self.next_write = time.monotonic() + REFRESH_S

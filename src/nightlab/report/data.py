@@ -91,7 +91,8 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
     begin = started if isinstance(started, (int, float)) else min((t.started for t in every), default=None)
     hours = (max(ends) - begin) / 3600 if ends and begin else 0.0
     data = ReportData(tag=tag, metric=cfg.primary, trials=trials, noise=noise,
-                      summary=views.status_json(cfg, tag, every, noise, f"nightlab/{tag}", evidence), hours=max(hours, 0.0),
+                      summary=views.status_json(cfg, tag, every, noise, f"nightlab/{tag}", evidence),
+                      hours=max(hours, 0.0),
                       scratchpad_name=cfg.project.scratchpad, verify=verify,
                       running=[t.n for t in every if t.status == Status.RUNNING], slots=slots)
     data.scratchpad = _branch_file(cfg.root, f"nightlab/{tag}", cfg.project.scratchpad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +22,9 @@ from nightlab import project, views
 from nightlab.config import Config
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.types import Event, Status
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 LAST = 12  # outcomes shown in the panel
 DOING = {Event.PROPOSE: "asking the agent", Event.RUN: "running", Event.CONFIRM: "confirming with a fresh seed",
@@ -39,14 +43,14 @@ class LiveView:
         self.trials = _finished(cfg, tag)
         self.flying: dict[int, tuple[TrialRecord, str, float | None]] = {}  # n → (record, doing, run started)
         self.started = time.monotonic()
-        self.live = None
+        self.live: Live | None = None
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:
         if self.terminal:
             from rich.live import Live
 
-            self.live = Live(self, console=self.console, refresh_per_second=4, transient=True)
-            self.live.start()
+            self.live = live = Live(self, console=self.console, refresh_per_second=4, transient=True)
+            live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,7 +98,7 @@ class LiveView:
         return text
 
     def _bars(self) -> list[tuple[str, float, float, str]]:
-        bars = []
+        bars: list[tuple[str, float, float, str]] = []
         done = self.trials[-1].n if self.trials else 0
         if self.max_trials is not None:
             bars.append(("trials", done, max(self.max_trials, 1), f"{done}/{self.max_trials}"))
@@ -116,7 +120,7 @@ class LiveView:
             return Text("—", style="dim")
         base, best = scored[0], scored[-1]
         text = Text(f"{self.cfg.metric.name} {views.fmt(best.metric)}", style="bold green")
-        if best.n != base.n and base.metric:
+        if best.n != base.n and base.metric and best.metric is not None:
             pct = 100 * (best.metric - base.metric) / abs(base.metric)
             text.append(f"  trial {best.n}, baseline {views.fmt(base.metric)} ({pct:+.1f}%)", style="")
         else:

