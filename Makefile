@@ -11,7 +11,7 @@ CLAUDE_CODE := 2.1.332
 CODEX       := 0.171.0
 NPM         := npm install --no-audit --no-fund --loglevel=error --save-exact
 
-.PHONY: demo test install dev clean tools browser containers
+.PHONY: demo test lint install dev clean tools browser containers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,13 @@ dev: $(VENV)/.dev
 demo: $(VENV)/.installed
 	$(BIN)/nightlab demo
 
-test: $(VENV)/.dev tools browser containers
+test: lint tools browser containers
 	$(BIN)/python -m pytest -q
+
+# ruff and mypy over src/ (their settings are in pyproject.toml)
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info $(TOOLS)

@@ -23,8 +23,8 @@ from nightlab.config import Config, load
 from nightlab.executors import Job, load_executor
 from nightlab.executors import transfer
 from nightlab.executors.transfer import short_tmp
-from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunOutcome, RunSpec, Status
+from nightlab.runspec import run_spec
+from nightlab.types import RunOutcome, Status
 from nlkit import BASE_LOSS, CLI, TRAIN, Project, idea, isolated_env, make_project, one_line_error, sub
 from test_parallel import TRAIN as PARALLEL_TRAIN
 from test_parallel import check_consistent
@@ -118,8 +118,7 @@ def job(cfg: Config, proj: Project, name: str, train: str | None = None, slot: i
         (cwd / "train.py").write_text(train)
     run_dir = proj.dir.parent / "runs" / name
     run_dir.mkdir(parents=True)
-    spec = RunSpec(command=cfg.run.command, cwd=cwd, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                   timeout_s=cfg.run.timeout_s, seed=0, trial=1, grace_s=cfg.run.grace_s, **spec_fields(cfg, cwd))
+    spec = run_spec(cfg, cwd, run_dir, seed=0, trial=1)
     return Job(id=f"1.0{name}", spec=spec, slot=slot, files={"train.py": (cwd / "train.py").read_bytes()})
 
 

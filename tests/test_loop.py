@@ -232,7 +232,7 @@ def test_resume_appends_trials_without_duplicates(tmp_path) -> None:
     assert len(tsv) == 1 + 5
 
 
-# -- trusted evaluator (DESIGN §5/§6) ---------------------------------------------------------------------------
+# -- trusted evaluator (only its metrics count) ------------------------------------------------------------------------
 EVALUATE = '''import json, os
 from pathlib import Path
 out = Path(os.environ["NIGHTLAB_RUN_DIR"]) / "metrics.json"

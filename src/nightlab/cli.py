@@ -8,9 +8,10 @@ import logging
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +20,10 @@ from rich.markup import escape
 from nightlab import __version__, config, project, views
 from nightlab.errors import NightlabError, UsageError
 from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Event
+
+if TYPE_CHECKING:
+    from nightlab.verify import Options as VerifyOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
@@ -29,8 +34,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal
 log = logging.getLogger("nightlab")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
-TagOpt = Annotated[Optional[str], typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -93,8 +98,8 @@ def _lock(state: Path) -> Iterator[None]:
 # -- init / prepare ---------------------------------------------------------------------------
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Project directory (default: here).")] = Path("."),
-         example: Annotated[Optional[str], typer.Option(help="Copy a bundled example into DIR.")] = None,
-         editable: Annotated[Optional[list[str]], typer.Option(help="A file the agent may edit (repeatable).")] = None,
+         example: Annotated[str | None, typer.Option(help="Copy a bundled example into DIR.")] = None,
+         editable: Annotated[list[str] | None, typer.Option(help="A file the agent may edit (repeatable).")] = None,
          metric: Annotated[str, typer.Option(help="Primary metric name.")] = "val_bpb",
          goal: Annotated[str, typer.Option(help="minimize or maximize.")] = "minimize",
          command: Annotated[str, typer.Option(help="Training command.")] = "python train.py",
@@ -128,15 +133,18 @@ def prepare(config_path: ConfigOpt = None) -> None:
 # -- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(config_path: ConfigOpt = None, tag: TagOpt = None,
-        agent: Annotated[Optional[str], typer.Option(help="Agent name (config: agent.name).")] = None,
-        max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (after the baseline).", min=0)] = None,
-        hours: Annotated[Optional[float], typer.Option(help="Stop after this many hours.", min=0)] = None,
-        budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
-        sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
-        slots: Annotated[Optional[int], typer.Option(help="Trials in flight at once (config: executor.slots).", min=1)] = None,
-        executor: Annotated[Optional[str], typer.Option(help="local or ray (config: executor.name).")] = None,
-        pipeline: Annotated[Optional[bool], typer.Option("--pipeline/--no-pipeline",
-                            help="The agent prepares the next trial while the slots train (config: executor.pipeline).")] = None,
+        agent: Annotated[str | None, typer.Option(help="Agent name (config: agent.name).")] = None,
+        max_trials: Annotated[int | None, typer.Option(help="Stop after this many trials (after the baseline).",
+                                                       min=0)] = None,
+        hours: Annotated[float | None, typer.Option(help="Stop after this many hours.", min=0)] = None,
+        budget: Annotated[float | None, typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+        sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
+        slots: Annotated[int | None, typer.Option(help="Trials in flight at once (config: executor.slots).",
+                                                  min=1)] = None,
+        executor: Annotated[str | None, typer.Option(help="local or ray (config: executor.name).")] = None,
+        pipeline: Annotated[bool | None, typer.Option("--pipeline/--no-pipeline",
+                            help="The agent prepares the next trial while the slots train "
+                                 "(config: executor.pipeline).")] = None,
         ) -> None:
     """Run the research loop; rerun with the same --tag to resume where it stopped."""
     cfg = _load(config_path)
@@ -166,18 +174,18 @@ def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float 
     return reason
 
 
-def _print_event(event: str, rec: TrialRecord) -> None:
-    if event == "propose":
+def _print_event(event: Event, rec: TrialRecord) -> None:
+    if event == Event.PROPOSE:
         console.print(f"[dim]trial {rec.n}: asking the agent…[/]")
-    elif event == "run":
+    elif event == Event.RUN:
         console.print(f"[dim]trial {rec.n}: running{escape(': ' + rec.description) if rec.description else ''}[/]")
-    elif event == "confirm":
+    elif event == Event.CONFIRM:
         console.print(f"[dim]trial {rec.n}: promising ({rec.runs[-1]:.6g}); confirming with a fresh seed[/]")
-    elif event == "lost":
+    elif event == Event.LOST:
         console.print(f"[dim]trial {rec.n}: a run was lost (the infrastructure stopped it); running it again[/]")
-    elif event == "rebase":
+    elif event == Event.REBASE:
         console.print(f"[dim]trial {rec.n}: the best moved on; {escape(rec.reason)}, running it again[/]")
-    elif event == "done":
+    elif event == Event.DONE:
         style = views.STYLE.get(rec.status, "")
         metric = views.fmt(rec.metric) + (f" ({views.fmt(rec.delta, True)})" if rec.delta is not None else "")
         why = f" [{rec.reason}]" if rec.reason else ""
@@ -190,9 +198,11 @@ def _print_event(event: str, rec: TrialRecord) -> None:
 # -- trial ------------------------------------------------------------------------------------
 @app.command()
 def trial(config_path: ConfigOpt = None,
-          record: Annotated[bool, typer.Option("--record", help="Keep the run's outputs under .nightlab/manual/.")] = False,
-          sandbox: Annotated[Optional[str], typer.Option(help="Sandbox backend.")] = None,
-          budget: Annotated[Optional[float], typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
+          record: Annotated[bool, typer.Option("--record",
+                                               help="Keep the run's outputs under .nightlab/manual/.")] = False,
+          sandbox: Annotated[str | None, typer.Option(help="Sandbox backend.")] = None,
+          budget: Annotated[float | None,
+                            typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
           ) -> None:
     """Run the current working tree once, like the seed's run.sh, and print its metrics."""
     cfg = _load(config_path)
@@ -235,12 +245,10 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
     tag = _tag(cfg, tag)
     if as_json:
         ledger = _existing(cfg, tag)
-        from nightlab.verify import latest
-
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
                                  views.evidence(ledger))
         slots = views.slots_of(ledger, always=True)
-        print(json.dumps(data | {"verify": latest(ledger), "slots": slots}))
+        print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
         return
     _show_status(cfg, tag)
 
@@ -253,9 +261,9 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
     if slots := views.slots_of(ledger):
         console.print(views.slots_table(slots))
-    from nightlab import verify
+    if rows := ledger.latest_verify():
+        from nightlab import verify
 
-    if rows := verify.latest(ledger):
         console.print(verify.table(rows, cfg.metric.name, "last verify (nightlab verify)"))
 
 
@@ -274,10 +282,15 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
 @app.command("verify")
 def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
                seeds: Annotated[int, typer.Option(help="Fresh seeds per measurement.", min=2, max=1000)] = 5,
-               ablate: Annotated[bool, typer.Option("--ablate", help="Take each kept change out of the best in turn.")] = False,
-               test: Annotated[bool, typer.Option("--test", help="Evaluate baseline and best on the test split.")] = False,
-               final: Annotated[bool, typer.Option("--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False,
-               select: Annotated[bool, typer.Option("--select", help="Re-rank the kept states on the selection split ([data] select); with --test, on test too.")] = False) -> None:
+               ablate: Annotated[bool, typer.Option("--ablate",
+                                                    help="Take each kept change out of the best in turn.")] = False,
+               test: Annotated[bool, typer.Option("--test",
+                                                  help="Evaluate baseline and best on the test split.")] = False,
+               final: Annotated[bool, typer.Option(
+                   "--final", help="With --test: retrain on train+val first (NIGHTLAB_FINAL=1).")] = False,
+               select: Annotated[bool, typer.Option(
+                   "--select", help="Re-rank the kept states on the selection split ([data] select); "
+                                    "with --test, on test too.")] = False) -> None:
     """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final, --select."""
     cfg = _load(config_path)
     if select and not cfg.data.select:
@@ -292,7 +305,7 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
     _verify(cfg, tag, verify.Options(seeds, ablate, test, final, select))
 
 
-def _verify(cfg: config.Config, tag: str, opts: object) -> None:
+def _verify(cfg: config.Config, tag: str, opts: VerifyOptions) -> None:
     """Run `nightlab verify` for a tag under its lock and print its tables."""
     from nightlab import verify
 
@@ -305,7 +318,7 @@ def _verify(cfg: config.Config, tag: str, opts: object) -> None:
             err.print(f"interrupted: the worktree is back at the best commit of {tag!r}; nothing was recorded",
                       markup=False)
             raise typer.Exit(130) from None
-    rows = verify.latest(ledger) or []
+    rows = ledger.latest_verify() or []
     console.print(verify.table([r for r in rows if not r["kind"].startswith("select")], cfg.metric.name,
                                f"nightlab verify #{v.number} ({tag})"))
     console.print(f"effect = how much better the second column is (positive = better); seeds "
@@ -348,12 +361,13 @@ def doctor() -> None:
 
 # -- demo -------------------------------------------------------------------------------------
 @app.command()
-def demo(directory: Annotated[Optional[Path], typer.Option("--dir", help="Where to put the demo project.")] = None,
+def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo project.")] = None,
          trials: Annotated[int, typer.Option(help="Trials after the baseline.", min=1)] = 8) -> None:
     """Run a short session on the bundled quickstart example with the offline optuna agent."""
     dest = directory or Path(tempfile.mkdtemp(prefix="nightlab-demo-"))
     project.copy_example("quickstart", dest)
-    console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, {trials} trials")
+    console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, "
+                  f"{trials} trials")
     cfg = config.load(dest / config.CONFIG_NAME)
     project.prepare(cfg)
     reason = _session(cfg, "demo", trials, None)

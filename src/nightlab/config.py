@@ -45,7 +45,7 @@ class RunConfig(Section):
     grace_s: float = Field(5, ge=0)
 
     @model_validator(mode="after")
-    def _timeout_covers_budget(self) -> "RunConfig":
+    def _timeout_covers_budget(self) -> RunConfig:
         if self.timeout_s <= self.budget_s:
             raise ValueError(f"timeout_s ({self.timeout_s:g}) must be longer than budget_s ({self.budget_s:g})")
         return self
@@ -132,7 +132,8 @@ class AgentConfig(Section):
     prices: dict[str, Price] = {}  # model (or model prefix) → $/Mtok, over the built-in table
     continue_session: bool = False  # claude-code: continue one session across trials
     command: str = ""  # claude-code / codex: the CLI to run (default: the one `make test` installs, else PATH)
-    sandbox: Literal["auto", "bwrap", "none"] = "auto"  # claude-code / codex: the bwrap agent profile (auto: if it works)
+    # claude-code / codex: the bwrap agent profile (auto: if it works)
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
 
 
 class PhasesConfig(Section):

@@ -66,7 +66,8 @@ def standard_error(sigma: float, runs: int, best_runs: int | None) -> float:
     return sigma * math.sqrt(1 / runs + (1 / best_runs if best_runs else 0.0))
 
 
-def combined_se(sigma: float | None, runs: int = 1, best_runs: int | None = None, eval_se: float | None = None) -> float:
+def combined_se(sigma: float | None, runs: int = 1, best_runs: int | None = None,
+                eval_se: float | None = None) -> float:
     seed = standard_error(sigma, runs, best_runs) if sigma else 0.0
     return math.sqrt(seed * seed + (eval_se or 0.0) ** 2)
 

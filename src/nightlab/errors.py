@@ -22,7 +22,7 @@ class TrialFailed(NightlabError):
 class AgentFailed(TrialFailed):
     status = Status.REJECTED
     # What the failed attempt cost (tokens, dollars, transcript), when the agent knows it.
-    proposal: "Proposal | None" = None
+    proposal: Proposal | None = None
 
 
 class EditRejected(TrialFailed):

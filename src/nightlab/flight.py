@@ -12,8 +12,7 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.executors import Job
 from nightlab.ledger import TrialRecord
-from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunSpec
+from nightlab.runspec import run_spec
 from nightlab.workspace import Workspace
 
 
@@ -31,6 +30,12 @@ class Flight:
     rebases: int = 0
     proposal: Future | None = None
     examples: list = field(default_factory=list)  # per_example.Examples of each successful run
+
+    @property
+    def tree(self) -> Workspace:
+        """The worktree it holds; only a resumed trial still waiting for one holds none, and it is not used then."""
+        assert self.ws is not None, f"trial {self.rec.n} holds no worktree"
+        return self.ws
 
 
 class Worktrees:
@@ -62,13 +67,10 @@ class Worktrees:
             self.idle.append(ws)
 
 
-def job_for(cfg: Config, env: dict[str, str], flight: Flight, run_dir: Path, k: int, slot: int,
-            job_id: str) -> Job:
+def job_for(cfg: Config, flight: Flight, run_dir: Path, k: int, slot: int, job_id: str) -> Job:
     """Run k of the trial's commit as its worktree holds it, with the editable files by value for remote workers."""
-    rec, here = flight.rec, flight.ws.dir
-    spec = RunSpec(command=cfg.run.command, cwd=here, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                   timeout_s=cfg.run.timeout_s, seed=rec.seed + k, trial=rec.n, env=env, grace_s=cfg.run.grace_s,
-                   **spec_fields(cfg, here))
+    rec, here = flight.rec, flight.tree.dir
+    spec = run_spec(cfg, here, run_dir, seed=rec.seed + k, trial=rec.n)
     files = {f: (here / f).read_bytes() for f in cfg.project.editable if (here / f).is_file()}
     return Job(id=job_id, spec=spec, slot=slot, files=files)
 

@@ -1,4 +1,4 @@
-"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv and commit messages."""
+"""The SQLite ledger: the source of truth for a tag, one transaction per state change; results.tsv, commit messages."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from nightlab.errors import NightlabError, UsageError
 from nightlab.per_example import Examples, average
+from nightlab.types import RunEnd, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
     n INTEGER PRIMARY KEY,
-    status TEXT NOT NULL,          -- a Status value, or 'running' while in flight
+    status TEXT NOT NULL,          -- a Status value ('running' while in flight)
     metric REAL, metrics TEXT, runs TEXT, delta REAL,
     description TEXT, hypothesis TEXT, reason TEXT, phase TEXT,
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
@@ -25,7 +28,8 @@ CREATE TABLE IF NOT EXISTS trials (
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
-    status TEXT NOT NULL, value REAL, seconds REAL, reason TEXT, hardware TEXT, host TEXT, started REAL, finished REAL
+    status TEXT NOT NULL,  -- 'running', a failing Status, or a RunEnd
+    value REAL, seconds REAL, reason TEXT, hardware TEXT, host TEXT, started REAL, finished REAL
 );
 CREATE TABLE IF NOT EXISTS examples (  -- per-example values of the primary metric, one row per run (per_example.py)
     trial INTEGER NOT NULL, k INTEGER NOT NULL, count INTEGER NOT NULL, vals BLOB NOT NULL, weights BLOB,
@@ -38,14 +42,34 @@ CREATE TABLE IF NOT EXISTS verify (   -- one row per comparison of one `nightlab
     note TEXT, created REAL,
     PRIMARY KEY (run, kind, label)
 );
+CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL);
 """
-RUNNING = "running"
+VERIFY_COLUMNS = ("run", "kind", "label", "trial", "commit_sha", "seeds", "final", "reference_runs", "runs",
+                  "n_ref", "n", "reference", "value", "effect", "ci_low", "ci_high", "p_value", "cohens_d",
+                  "note", "created")
+_VERIFY_JSON = ("seeds", "reference_runs", "runs")
+
+
+def _add_column(table: str, column: str, kind: str) -> Callable[[sqlite3.Connection], None]:
+    def step(db: sqlite3.Connection) -> None:
+        # A ledger from before migrations were recorded may have the column already.
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    return step
+
+
+# Changes to the shape of an existing ledger, in order, each applied once and recorded by name in the
+# `migrations` table. SCHEMA is the current shape: a new ledger records them all without running them.
+# A new TrialRecord field needs its column in SCHEMA and a migration here.
+MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
+    "trials.hardware": _add_column("trials", "hardware", "TEXT"),
+}
 
 
 @dataclass
 class TrialRecord:
     n: int
-    status: str = RUNNING
+    status: str = Status.RUNNING
     metric: float | None = None  # the primary value (mean over its runs)
     metrics: dict = field(default_factory=dict)  # every reported value (means)
     runs: list = field(default_factory=list)  # the primary value of each run (noise / confirmation runs)
@@ -83,14 +107,28 @@ class Ledger:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-            have = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
-            for f in fields(TrialRecord):  # a ledger from an older nightlab gains the new columns
-                if f.name not in have:
-                    self.db.execute(f"ALTER TABLE trials ADD COLUMN {f.name}")
+            self._migrate()
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise NightlabError(f"{path}: not a readable nightlab ledger ({e})") from None
+
+    def _migrate(self) -> None:
+        """Create what a new ledger lacks; bring a ledger from an older nightlab up to SCHEMA."""
+        trials = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone()
+        fresh = trials is None
+        self.db.executescript(SCHEMA)
+        done = self.migrations()
+        for name, step in MIGRATIONS.items():
+            if name in done:
+                continue
+            with self.db:
+                if not fresh:
+                    step(self.db)
+                self.db.execute("INSERT OR IGNORE INTO migrations VALUES (?, ?)", (name, time.time()))
+
+    def migrations(self) -> list[str]:
+        """The names of the migrations this ledger has (applied, or part of its schema from the start)."""
+        return [row[0] for row in self.db.execute("SELECT name FROM migrations ORDER BY rowid")]
 
     def close(self) -> None:
         self.db.close()
@@ -104,7 +142,7 @@ class Ledger:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: str, default: Any = None) -> Any:  # any JSON value, as stored
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
@@ -141,7 +179,8 @@ class Ledger:
     def save_examples(self, trial: int, k: int, ex: Examples) -> None:
         vals, weights = ex.encode()
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)", (trial, k, len(ex), vals, weights))
+            self.db.execute("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)",
+                            (trial, k, len(ex), vals, weights))
 
     def examples(self, trial: int) -> list[Examples]:
         """Every run's per-example values of a trial, in run order."""
@@ -173,11 +212,16 @@ class Ledger:
     def trial(self, n: int) -> TrialRecord | None:
         return next((t for t in self.trials() if t.n == n), None)
 
+    def best(self) -> TrialRecord | None:
+        """The current best: the last baseline or keep (None before the baseline finished)."""
+        return best_of(self.trials())
+
     # -- runs (jobs) ------------------------------------------------------------------------
     def run_started(self, job: str, trial: int, k: int, attempt: int, slot: int) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO runs (job, trial, k, attempt, slot, status, started) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (job, trial, k, attempt, slot, RUNNING, time.time()))
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (job, trial, k, attempt, slot, Status.RUNNING,
+                                                             time.time()))
 
     def run_finished(self, job: str, status: str, value: float | None, seconds: float, reason: str,
                      hardware: str, host: str) -> None:
@@ -194,8 +238,47 @@ class Ledger:
     def interrupt_runs(self) -> None:
         """Runs left 'running' by a stopped nightlab: they ended with it."""
         with self.db:
-            self.db.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE status = ?",
-                            (time.time(), RUNNING))
+            self.db.execute("UPDATE runs SET status = ?, finished = ? WHERE status = ?",
+                            (RunEnd.INTERRUPTED, time.time(), Status.RUNNING))
+
+    # -- verify -----------------------------------------------------------------------------
+    def next_verify_run(self) -> int:
+        """The number the next `nightlab verify` gets (1, 2, ...)."""
+        return (self.db.execute("SELECT MAX(run) FROM verify").fetchone()[0] or 0) + 1
+
+    def save_verify(self, rows: list[dict]) -> None:
+        """One verify run's comparisons; lists in `_VERIFY_JSON` columns are stored as JSON."""
+        records = [[json.dumps(r[k]) if k in _VERIFY_JSON else r[k] for k in VERIFY_COLUMNS] for r in rows]
+        with self.db:
+            self.db.executemany(f"INSERT OR REPLACE INTO verify ({', '.join(VERIFY_COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * len(VERIFY_COLUMNS))})", records)
+
+    def latest_verify(self) -> list[dict] | None:
+        """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
+        cur = self.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
+        names = [c[0] for c in cur.description]
+        rows = [dict(zip(names, values)) for values in cur]
+        for r in rows:
+            for k in _VERIFY_JSON:
+                r[k] = json.loads(r[k]) if r[k] else []
+            r["final"] = bool(r["final"])
+        return rows or None
+
+    def verify_tables(self) -> list[tuple[str, list[str], list[tuple]]]:
+        """Every `verify*` table (the verify table and any a user added) as (name, columns, rows), raw."""
+        out = []
+        names = [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'verify%' ORDER BY name")]
+        for name in names:
+            cur = self.db.execute(f'SELECT * FROM "{name}"')
+            rows = cur.fetchall()
+            out.append((name, [c[0] for c in cur.description], rows))
+        return out
+
+
+def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The last baseline or keep of `trials` (every keep beats the best before it)."""
+    return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
 
 
 TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware"]
@@ -221,7 +304,8 @@ def _num(v: float | None) -> str:
 
 
 def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, metric_name: str) -> str:
-    """A finished trial's commit message (DESIGN §5): its result against the best before it, and how it ended."""
+    """A finished trial's commit message: its result against the best before it, and how it ended, so that
+    `git log` of the branch tells the story even without the ledger (users and tests read this format)."""
     pm = f" ± {noise:.5g}" if noise else ""
     value = f"{rec.metric:.5f}{pm}" if rec.metric is not None else "—"
     lines = [f"trial {rec.n}: {rec.description}", "", f"{metric_name}: {value} (best {best.metric:.5f}{pm})"]

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import metrics, per_example, program
-from nightlab.agents import Agent
+from nightlab.agents import Agent, capable
 from nightlab.config import Config
 from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_note, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
 from nightlab.executors import Executor, Job
 from nightlab.flight import Flight, Worktrees, in_thread, job_for, raise_in
-from nightlab.ledger import RUNNING, Ledger, TrialRecord, commit_message, write_tsv
-from nightlab.sandbox import passthrough
-from nightlab.types import Brief, Proposal, RunOutcome, Status
+from nightlab.ledger import Ledger, TrialRecord, commit_message, write_tsv
+from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -45,14 +44,13 @@ class Limits:
 
 class Loop:
     def __init__(self, cfg: Config, ws: Workspace, ledger: Ledger, agent: Agent, executor: Executor,
-                 state_dir: Path, notify: Callable[[str, TrialRecord], None] = lambda event, rec: None,
+                 state_dir: Path, notify: Callable[[Event, TrialRecord], None] = lambda event, rec: None,
                  pipeline: bool = False) -> None:
         self.cfg, self.ws, self.ledger, self.agent, self.executor = cfg, ws, ledger, agent, executor
         self.state_dir, self.notify = state_dir, notify
-        self.env = passthrough(cfg.run.env, str(cfg.path))
         self.capacity = executor.slots + int(pipeline)
         self.inline = self.capacity == 1  # propose in this thread: Ctrl-C reaches the agent directly
-        self.agent_lock = threading.Lock() if not getattr(agent, "concurrent", False) else None
+        self.agent_lock = None if capable(agent, "concurrent") else threading.Lock()
         self.flights: dict[int, Flight] = {}
         self.ready: deque[Flight] = deque()  # flights with runs to start, in order
         self.jobs: dict[Future, tuple[Flight, Job, int]] = {}
@@ -123,6 +121,7 @@ class Loop:
         trials = self.ledger.trials()
         n = trials[-1].n + 1
         ws = self.worktrees.take()
+        assert ws is not None, "proposals start only while a worktree is available"
         rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n)
         ws.reset(best.commit_sha)
         program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
@@ -130,13 +129,14 @@ class Loop:
                               self._failure_tail(trials), self.ledger.get("eval_se"))
         rec.phase = brief.phase
         self.ledger.save(rec)
-        self.notify("propose", rec)
+        self.notify(Event.PROPOSE, rec)
         (self.run_dir(n) / "brief.md").write_text(brief.text)
         flight = self.flights[n] = Flight(rec, ws)
         if self.inline:
             fut: Future = Future()
             try:
-                fut.set_result(self._make(flight, brief))
+                self._make(flight, brief)
+                fut.set_result(None)
             except (AgentFailed, EditRejected, AgentExhausted) as e:
                 fut.set_exception(e)
             self._proposed(flight, fut)
@@ -145,7 +145,7 @@ class Loop:
 
     def _make(self, flight: Flight, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
-        rec, ws, out = flight.rec, flight.ws, self.run_dir(flight.rec.n)
+        rec, ws, out = flight.rec, flight.tree, self.run_dir(flight.rec.n)
         proposal = self._ask(ws, brief)
         (out / "agent.log").write_text(proposal.transcript)
         first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
@@ -204,11 +204,11 @@ class Loop:
 
     def _on_best(self, flight: Flight) -> bool:
         """Before its first run: put the trial on the current best (False when it was discarded instead)."""
-        rec, best = flight.rec, self.best_or_none()
+        rec, best = flight.rec, self.ledger.best()
         if rec.n == 0 or best is None:
             return True
-        if flight.ws.head() != rec.commit_sha:  # resumed, or its worktree was reused
-            flight.ws.reset(rec.commit_sha)
+        if flight.tree.head() != rec.commit_sha:  # resumed, or its worktree was reused
+            flight.tree.reset(rec.commit_sha)
         if rec.parent == best.commit_sha or self._rebase(flight):
             return True
         self.finish(flight)
@@ -227,10 +227,10 @@ class Loop:
             for entry in run_dir.iterdir():
                 if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        job = job_for(self.cfg, self.env, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
+        job = job_for(self.cfg, flight, run_dir, k, slot, job_id=f"{rec.n}.{k}a{attempt}s{self.session}")
         self.ledger.run_started(job.id, rec.n, k, attempt, slot)
         if not rec.runs and flight.running == 0 and not attempt:
-            self.notify("run", rec)
+            self.notify(Event.RUN, rec)
         flight.running += 1
         self.jobs[self.executor.submit(job)] = (flight, job, k)
 
@@ -241,7 +241,7 @@ class Loop:
         self.free_slots.append(job.slot)
         flight.running -= 1
         rec, name = flight.rec, self.cfg.metric.name
-        self.ledger.run_finished(out.job, out.status or "ok", out.values.get(name), out.seconds, out.reason,
+        self.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
                                  out.hardware, out.host)
         rec.seconds += out.seconds
         if out.hardware and out.hardware not in rec.hardware.split("; "):
@@ -249,7 +249,7 @@ class Loop:
         if out.status == Status.LOST:
             flight.lost[k] = flight.lost.get(k, 0) + 1
             if flight.lost[k] <= LOST_RETRIES:
-                self.notify("lost", rec)
+                self.notify(Event.LOST, rec)
                 flight.retry.append(k)
                 self._requeue(flight)
                 return
@@ -258,7 +258,8 @@ class Loop:
         if out.status is not None:
             self._failed(flight, out)
             return
-        rec.metrics = {m: (rec.metrics.get(m, v) * len(rec.runs) + v) / (len(rec.runs) + 1) for m, v in out.values.items()}
+        done = len(rec.runs)  # the running mean of every metric over the trial's runs
+        rec.metrics = {m: (rec.metrics.get(m, v) * done + v) / (done + 1) for m, v in out.values.items()}
         rec.runs.append(out.values[name])
         if out.examples is not None:
             flight.examples.append(out.examples)
@@ -282,6 +283,7 @@ class Loop:
             self.ledger.delete(0)
             raise RunCrashed(f"the baseline failed ({out.status}: {out.reason}); fix it before searching "
                              f"(see {self.run_dir(0)}/run.log)")
+        assert out.status is not None, "only a failed run gets here"
         rec.status, rec.reason = out.status, out.reason
         if out.status == Status.LOST:
             rec.reason = f"lost {LOST_RETRIES + 1} times ({out.reason})"
@@ -290,12 +292,13 @@ class Loop:
     # -- deciding ---------------------------------------------------------------------------------
     def _decide(self, flight: Flight) -> None:
         rec, best = flight.rec, self.best()
+        assert best.metric is not None, "the best always has its value"
         mine, theirs = per_example.average(flight.examples), self._examples(best.n)
         eval_se = per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
         d = decide(self.cfg.primary, rec.runs, best.metric, self.noise(), self.cfg.keep,
                    distinct(best.runs) or None, eval_se)
         if d.verdict == Verdict.CONFIRM:
-            self.notify("confirm", rec)
+            self.notify(Event.CONFIRM, rec)
             flight.pending += 1
             self._requeue(flight)
             return
@@ -324,9 +327,9 @@ class Loop:
         rec.metric = rec.delta = None
         rec.reason = f"rebased onto trial {best.n}"
         flight.pending = 1
-        (self.run_dir(rec.n) / "diff.patch").write_text(flight.ws.patch(new))
+        (self.run_dir(rec.n) / "diff.patch").write_text(flight.tree.patch(new))
         self.ledger.save(rec)
-        self.notify("rebase", rec)
+        self.notify(Event.REBASE, rec)
         return True
 
     def _reapply(self, flight: Flight, best: TrialRecord) -> str | None:
@@ -335,12 +338,12 @@ class Loop:
         An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not
         a diff) is asked again on the new best; any other trial's commit is cherry-picked.
         """
-        rec, ws = flight.rec, flight.ws
-        if not getattr(self.agent, "reproposes", False):
+        rec, ws = flight.rec, flight.tree
+        if not capable(self.agent, "reproposes"):
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
-        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws), "",
-                              self.ledger.get("eval_se"))
+        brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws),
+                              "", self.ledger.get("eval_se"))
         try:
             proposal = self._ask(ws, brief)
             files = ws.verify_edits()
@@ -384,7 +387,7 @@ class Loop:
         rec = flight.rec
         rec.finished = time.time()
         if rec.commit_sha and rec.n > 0:
-            rec.commit_sha = flight.ws.amend(commit_message(rec, self.best(), self.noise(), self.cfg.metric.name))
+            rec.commit_sha = flight.tree.amend(commit_message(rec, self.best(), self.noise(), self.cfg.metric.name))
             self.ws.mark(rec.n, rec.commit_sha)
         elif rec.n == 0:
             self.ws.mark(0, rec.commit_sha)
@@ -396,19 +399,19 @@ class Loop:
         write_tsv(self.ledger.trials(), self.cfg.metric.name, self.state_dir / "results.tsv")
         self.agent.observe(rec.n, Status(rec.status), rec.metric)
         self._release(flight)
-        self.notify("done", rec)
+        self.notify(Event.DONE, rec)
 
     # -- state -----------------------------------------------------------------------------------
     def recover(self) -> None:
         """Resume after a crash: trials in flight are run again (counted once); unfinished proposals are redone."""
         self.ledger.interrupt_runs()
-        done = [t for t in self.ledger.trials() if t.status != RUNNING]
+        done = [t for t in self.ledger.trials() if t.status != Status.RUNNING]
         # A kill between the ledger save and observe() kept that outcome from the agent (observe is idempotent);
         # so did a tag started with another agent, for the baseline.
         for rec in {t.n: t for t in done[:1] + done[-1:]}.values():
             self.agent.observe(rec.n, Status(rec.status), rec.metric)
         for rec in self.ledger.trials():
-            if rec.status != RUNNING:
+            if rec.status != Status.RUNNING:
                 continue
             if rec.n == 0 or not rec.commit_sha:
                 self.ledger.delete(rec.n)
@@ -418,13 +421,13 @@ class Loop:
             rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
             flight = self.flights[rec.n] = Flight(rec, pending=1)
             self.ready.append(flight)
-        best = self.best_or_none()
+        best = self.ledger.best()
         if best:
             self.ws.reset(best.commit_sha)
 
     def _abandon(self) -> None:
         """On the way out (Ctrl-C, an error): stop runs and proposals still in flight; the ledger keeps them running."""
-        for flight, job, _ in self.jobs.values():
+        for _, job, _ in self.jobs.values():
             self.executor.cancel(job.id)
         for flight in self.flights.values():
             if flight.proposal is not None and not flight.proposal.done():
@@ -439,12 +442,8 @@ class Loop:
         self.flights.pop(flight.rec.n, None)
         self.worktrees.give_back(flight.ws)
 
-    def best_or_none(self) -> TrialRecord | None:
-        done = [t for t in self.ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
-        return done[-1] if done else None  # every keep beats the best before it
-
     def best(self) -> TrialRecord:
-        best = self.best_or_none()
+        best = self.ledger.best()
         assert best is not None, "no baseline"
         return best
 
@@ -467,7 +466,7 @@ class Loop:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def _failure_tail(self, trials: list[TrialRecord]) -> str:
-        last = next((t for t in reversed(trials) if t.status != RUNNING), None)
+        last = next((t for t in reversed(trials) if t.status != Status.RUNNING), None)
         if last and last.status in (Status.CRASH, Status.TIMEOUT):
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""

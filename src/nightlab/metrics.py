@@ -13,8 +13,8 @@ from nightlab.errors import RunCrashed, RunTimedOut, TrialInvalid
 from nightlab.types import RunResult
 
 # Karpathy's summary block: `val_bpb:          0.997900`. Only whole lines of name, colon, number count.
-LINE = re.compile(r"^([A-Za-z_][\w.\-/]*):[ \t]+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))[ \t]*$",
-                  re.IGNORECASE | re.MULTILINE)
+NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity)"
+LINE = re.compile(rf"^([A-Za-z_][\w.\-/]*):[ \t]+({NUMBER})[ \t]*$", re.IGNORECASE | re.MULTILINE)
 MAX_LOG_SCAN = 1 << 20  # the summary block is at the end; a huge log is only scanned at its tail
 # Several folds or seeds reported by one run: `mean_rank_fold0`, `mean_rank_fold1`, … (or `_seed0`, …).
 FOLD = re.compile(r"^(.+)_(?:fold|seed)(\d+)$")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.ledger import TrialRecord
-from nightlab.types import Brief
+from nightlab.types import Brief, Status
 
 PHASE = re.compile(r"^#{2,3}\s+Phase\s+(\d+)\s*[—–:-]+\s*(.+?)\s*$", re.MULTILINE)
 SCRATCHPAD = """# Scratchpad
@@ -55,10 +55,10 @@ def current_phase(phases: list[Phase], trials: list[TrialRecord], cfg: Config) -
     labels = [p.label for p in phases]
     last = next((t.phase for t in reversed(trials) if t.phase in labels), labels[0])
     i = labels.index(last)
-    in_phase = [t for t in trials if t.phase == last and t.n > 0 and t.status != "running"]
+    in_phase = [t for t in trials if t.phase == last and t.n > 0 and t.status != Status.RUNNING]
     streak = 0
     for t in reversed(in_phase):
-        if t.status == "keep":
+        if t.status == Status.KEEP:
             break
         streak += 1
     gates = cfg.phases
@@ -112,9 +112,11 @@ def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, no
                             for c in m.constraints) or "none"
     parts.append(
         "## Rules\n\n"
-        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} with what you tried and learned.\n"
+        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} "
+        "with what you tried and learned.\n"
         "- One change per trial. No new files, no new dependencies.\n"
-        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); it is killed at {cfg.run.timeout_s:g} s.\n"
+        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); "
+        f"it is killed at {cfg.run.timeout_s:g} s.\n"
         f"- Hard constraints: {constraints}.\n"
         "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.\n\n"
         "## Reply\n\nA one-line description of the change, then one sentence of hypothesis (why it should help).")

@@ -86,8 +86,8 @@ def write_config(dest: Path, editable: list[str], metric: str, goal: str, comman
 
 # -- prepare ----------------------------------------------------------------------------------
 def untracked_entries(root: Path) -> set[str]:
-    out = git("ls-files", "--others", "--directory", "--no-empty-directory", "--exclude-standard", "--ignored", cwd=root)
-    out += "\n" + git("ls-files", "--others", "--directory", "--no-empty-directory", "--exclude-standard", cwd=root)
+    listing = ("ls-files", "--others", "--directory", "--no-empty-directory", "--exclude-standard")
+    out = git(*listing, "--ignored", cwd=root) + "\n" + git(*listing, cwd=root)
     return {line.rstrip("/") for line in out.splitlines() if line and not line.startswith(STATE)}
 
 
@@ -100,7 +100,8 @@ def prepare(cfg: Config) -> list[str]:
         raise UsageError(f"{cfg.path}: run.prepare is empty; nothing to prepare")
     ignore_state_dir(cfg.root)
     before = untracked_entries(cfg.root)
-    proc = subprocess.run(interpreter_command(cfg.run.prepare), shell=True, cwd=cfg.root, env={**os.environ, "NIGHTLAB_PREPARE": "1"})
+    proc = subprocess.run(interpreter_command(cfg.run.prepare), shell=True, cwd=cfg.root,
+                          env={**os.environ, "NIGHTLAB_PREPARE": "1"})
     if proc.returncode != 0:
         raise UsageError(f"prepare step `{cfg.run.prepare}` failed with exit code {proc.returncode}")
     created = sorted(untracked_entries(cfg.root) - before)

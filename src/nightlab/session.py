@@ -10,14 +10,14 @@ from nightlab import metrics, project
 from nightlab.agents import Agent, load_agent
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
-from nightlab.ledger import Ledger, TrialRecord
 from nightlab.executors import Executor, load_executor
+from nightlab.ledger import Ledger, TrialRecord
 from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
 from nightlab.per_example import Examples
+from nightlab.runspec import run_spec
 from nightlab.sandbox import load_sandbox, passthrough
-from nightlab.sandbox.options import spec_fields
-from nightlab.types import RunSpec, Status
+from nightlab.types import Event
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
 
@@ -28,7 +28,7 @@ def identity(cfg: Config) -> dict[str, object]:
 
 
 def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
-                notify: Callable[[str, TrialRecord], None]) -> str:
+                notify: Callable[[Event, TrialRecord], None]) -> str:
     """One `nightlab run`; `[executor]` (with the CLI's overrides applied) says where and how many at once."""
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
@@ -47,7 +47,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
 
 
 def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor: Executor, limits: Limits,
-         notify: Callable[[str, TrialRecord], None]) -> str:
+         notify: Callable[[Event, TrialRecord], None]) -> str:
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
     ws.open(fresh=fresh, best="" if fresh else _best_commit(state))
     ws.link_data(project.visible_data(cfg))
@@ -71,10 +71,10 @@ def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor
 def _best_commit(state: Path) -> str:
     ledger = Ledger(state / "ledger.sqlite")
     try:
-        kept = [t for t in ledger.trials() if t.status in (Status.BASELINE, Status.KEEP)]
+        best = ledger.best()
     finally:
         ledger.close()
-    return kept[-1].commit_sha if kept else ""
+    return best.commit_sha if best else ""
 
 
 def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path, Examples | None]:
@@ -87,9 +87,7 @@ def run_once(cfg: Config, out: Path) -> tuple[dict[str, float], str, float, Path
     run_dir = out / stamp if out.name == "manual" else out
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "diff.patch").write_text(git("diff", "HEAD", "--", ".", cwd=cfg.root, check=False))
-    spec = RunSpec(command=cfg.run.command, cwd=cfg.root, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                   timeout_s=cfg.run.timeout_s, seed=0, trial=0, env=passthrough(cfg.run.env, str(cfg.path)),
-                   grace_s=cfg.run.grace_s, **spec_fields(cfg, cfg.root))
+    spec = run_spec(cfg, cfg.root, run_dir, seed=0, trial=0)
     seconds: list[float] = []
     try:
         measured = measure(cfg, load_sandbox(cfg.sandbox.backend), spec, seconds)

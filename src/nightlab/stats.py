@@ -87,8 +87,8 @@ def compare(metric: Metric, reference: list[float], runs: list[float], level: fl
         return Comparison(len(reference), len(runs), ref_mean, mean, effect, None, None, None, None)
     v1, v2 = statistics.variance(reference) / len(reference), statistics.variance(runs) / len(runs)
     se = math.sqrt(v1 + v2)
-    pooled = math.sqrt(((len(reference) - 1) * statistics.variance(reference) + (len(runs) - 1) * statistics.variance(runs))
-                       / (len(reference) + len(runs) - 2))
+    pooled = math.sqrt(((len(reference) - 1) * statistics.variance(reference)
+                        + (len(runs) - 1) * statistics.variance(runs)) / (len(reference) + len(runs) - 2))
     d = effect / pooled if pooled > 0 else (0.0 if effect == 0 else math.copysign(math.inf, effect))
     if se == 0:  # deterministic runs: the effect is exact
         return Comparison(len(reference), len(runs), ref_mean, mean, effect, effect, effect,

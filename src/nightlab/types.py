@@ -10,6 +10,9 @@ from typing import Any
 
 
 class Status(StrEnum):
+    """A trial's state in the ledger: RUNNING while in flight, then how it ended."""
+
+    RUNNING = "running"
     BASELINE = "baseline"
     KEEP = "keep"
     DISCARD = "discard"
@@ -18,6 +21,24 @@ class Status(StrEnum):
     REJECTED = "rejected"  # the agent changed a file it may not, or changed nothing
     INVALID = "invalid"  # a protected file changed, or a constraint was violated
     LOST = "lost"  # the infrastructure killed it; retried, never charged to the agent
+
+
+class RunEnd(StrEnum):
+    """How a single run (a row of the ledger's runs table) ended when no failing Status says it."""
+
+    OK = "ok"
+    INTERRUPTED = "interrupted"  # nightlab stopped while it ran
+
+
+class Event(StrEnum):
+    """What the loop tells its `notify(event, rec)` callback about trial `rec`."""
+
+    PROPOSE = "propose"  # the agent is asked for it
+    RUN = "run"  # its first run starts
+    CONFIRM = "confirm"  # promising but uncertain: it runs again with a fresh seed
+    LOST = "lost"  # the infrastructure lost one of its runs, which runs again
+    REBASE = "rebase"  # the best moved on: its change was re-applied there and runs again from scratch
+    DONE = "done"  # finished and recorded
 
 
 @dataclass(frozen=True)
@@ -78,7 +99,7 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra variables, already filtered
     log_name: str = "run.log"
     grace_s: float = 5.0
-    # What an isolating backend shows and limits (see sandbox/options.py); the process backend ignores them.
+    # What an isolating backend shows and limits (see runspec.py); the process backend ignores them.
     readonly: list[Path] = field(default_factory=list)  # readable besides cwd, e.g. the targets of data links
     hidden: list[Path] = field(default_factory=list)  # invisible (the project and its state), before re-binds
     masked: list[Path] = field(default_factory=list)  # invisible even inside cwd or readonly (the test split)

@@ -10,7 +10,6 @@ ref `refs/nightlab/<tag>/select`.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import time
@@ -28,18 +27,15 @@ from nightlab.config import Config
 from nightlab.errors import NightlabError, TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.measure import measure
-from nightlab.sandbox import Sandbox, load_sandbox, passthrough
-from nightlab.sandbox.options import spec_fields
+from nightlab.runspec import run_spec, spec_fields
+from nightlab.sandbox import Sandbox, load_sandbox
 from nightlab.stats import Comparison, compare, compare_paired
-from nightlab.types import RunSpec, Status
+from nightlab.types import Status
 from nightlab.workspace import Workspace, git
 
 # Far above the loop's seeds (0..k-1 for the baseline, 1000n+k for trial n): verify's runs are fresh.
 VERIFY_SEED = 1_000_000_000
 NEAR_MISSES = 2  # discarded trials that came closest to a keep, re-scored beside the chain on the selection split
-COLUMNS = ("run", "kind", "label", "trial", "commit_sha", "seeds", "final", "reference_runs", "runs",
-           "n_ref", "n", "reference", "value", "effect", "ci_low", "ci_high", "p_value", "cohens_d",
-           "note", "created")
 
 
 @dataclass
@@ -77,16 +73,15 @@ class Verifier:
         self.cfg, self.tag, self.ledger, self.opts, self.say = cfg, tag, ledger, opts, say
         self.state = project.state_dir(cfg, tag)
         self.trials = ledger.trials()
-        self.base = next((t for t in self.trials if t.n == 0 and t.status == Status.BASELINE), None)
+        base = next((t for t in self.trials if t.n == 0 and t.status == Status.BASELINE), None)
         kept = [t for t in self.trials if t.status == Status.KEEP]
-        if self.base is None:
+        if base is None:
             raise UsageError(f"tag {tag!r} has no finished baseline yet; nothing to verify")
         if not kept:
             raise UsageError(f"tag {tag!r} has kept nothing yet (the best is the baseline); nothing to verify")
-        self.kept, self.best = kept, kept[-1]
-        self.number = (ledger.db.execute("SELECT MAX(run) FROM verify").fetchone()[0] or 0) + 1
+        self.base, self.kept, self.best = base, kept, ledger.best() or kept[-1]
+        self.number = ledger.next_verify_run()
         self.seeds = [VERIFY_SEED + 1000 * self.number + i for i in range(opts.seeds)]
-        self.env = passthrough(cfg.run.env, str(cfg.path))
         self.sandbox: Sandbox = load_sandbox(cfg.sandbox.backend)
         self.ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
         self.visible = project.visible_data(cfg)
@@ -132,9 +127,8 @@ class Verifier:
             self.say(f"{what}: seed {i + 1}/{len(self.seeds)}")
             run_dir = self.state / "verify" / str(self.number) / what / f"seed-{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            spec = RunSpec(command=cfg.run.command, cwd=self.ws.dir, run_dir=run_dir, budget_s=cfg.run.budget_s,
-                           timeout_s=cfg.run.timeout_s, seed=seed, trial=trial.n, env=self.env | env,
-                           grace_s=cfg.run.grace_s, **self._isolation(env.get("NIGHTLAB_SPLIT")))
+            spec = run_spec(cfg, self.ws.dir, run_dir, seed=seed, trial=trial.n, env=env,
+                            isolation=self._isolation(env.get("NIGHTLAB_SPLIT")))
             measured = measure(cfg, self.sandbox, spec, [], data=data)
             values.append(measured.values[cfg.metric.name])
             self.examples[what].append(measured.examples)
@@ -226,7 +220,7 @@ class Verifier:
         goal = self.cfg.primary
         misses = [t for t in self.trials if t.status == Status.DISCARD and t.delta is not None
                   and not t.reason.startswith("stale")]
-        misses.sort(key=lambda t: -goal.improvement(t.delta, 0.0))
+        misses.sort(key=lambda t: -goal.improvement(t.delta or 0.0, 0.0))
         near = sorted(misses[:NEAR_MISSES], key=lambda t: t.n)
         return [(self.base, "baseline"), *((t, "keep") for t in self.kept), *((t, "near miss") for t in near)]
 
@@ -271,25 +265,9 @@ class Verifier:
         for r in rows:
             c = r.result.as_dict() if r.result else {f.name: None for f in fields(Comparison)}
             records.append({"run": self.number, "kind": r.kind, "label": r.label, "trial": r.trial,
-                            "commit_sha": r.commit_sha, "seeds": json.dumps(self.seeds), "final": int(self.opts.final),
-                            "reference_runs": json.dumps(r.reference_runs), "runs": json.dumps(r.runs), **c,
-                            "note": r.note, "created": now})
-        with self.ledger.db:
-            self.ledger.db.executemany(
-                f"INSERT OR REPLACE INTO verify ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [[rec[k] for k in COLUMNS] for rec in records])
-
-
-def latest(ledger: Ledger) -> list[dict] | None:
-    """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
-    cur = ledger.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
-    names = [c[0] for c in cur.description]
-    rows = [dict(zip(names, values)) for values in cur]
-    for r in rows:
-        for k in ("seeds", "reference_runs", "runs"):
-            r[k] = json.loads(r[k]) if r[k] else []
-        r["final"] = bool(r["final"])
-    return rows or None
+                            "commit_sha": r.commit_sha, "seeds": self.seeds, "final": int(self.opts.final),
+                            "reference_runs": r.reference_runs, "runs": r.runs, **c, "note": r.note, "created": now})
+        self.ledger.save_verify(records)
 
 
 def _pm(runs: list[float], mean: float | None) -> str:
@@ -335,7 +313,8 @@ def rerank_table(rows: list[dict], trials: list[TrialRecord], cfg: Config) -> Ta
     for r in (r for r in rows if r["kind"] == "select"):
         mark = "[bold green]★[/] " if r["note"] == "best on the selection split" else "  "
         select = _pm(r["runs"], r["value"]) if r["runs"] else f"[yellow]{escape(r['note'])}[/]"
-        cells = [mark + escape(r["label"]), f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—", select]
+        searched = f"{val[r['trial']]:.4g}" if val.get(r["trial"]) is not None else "—"
+        cells = [mark + escape(r["label"]), searched, select]
         if test:
             other = test.get(r["trial"])
             cells.append(_pm(other["runs"], other["value"]) if other and other["runs"] else "—")

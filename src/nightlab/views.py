@@ -1,9 +1,11 @@
-"""What `status` and `log` show: the JSON contracts of DESIGN §5 and their rich tables."""
+"""What `status` and `log` show: their `--json` objects (users' scripts read them: keep the fields stable) and
+their rich tables."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -12,7 +14,8 @@ from rich.text import Text
 from nightlab import project
 from nightlab.config import Config
 from nightlab.decide import evidence_note
-from nightlab.ledger import Ledger, TrialRecord
+from nightlab.ledger import Ledger, TrialRecord, best_of
+from nightlab.types import Status
 
 STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
          "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue"}
@@ -34,10 +37,10 @@ def evidence(ledger: Ledger) -> dict:
 
 def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str,
                 evidence: dict | None = None) -> dict:
-    base = next((t for t in trials if t.n == 0 and t.status == "baseline"), None)
-    kept = [t for t in trials if t.status == "keep"]
-    best = kept[-1] if kept else base
-    done = [t for t in trials if t.n > 0 and t.status != "running"]
+    base = next((t for t in trials if t.n == 0 and t.status == Status.BASELINE), None)
+    kept = [t for t in trials if t.status == Status.KEEP]
+    best = best_of(trials)
+    done = [t for t in trials if t.n > 0 and t.status != Status.RUNNING]
     return {
         "tag": tag,
         "trials": len(done),
@@ -45,7 +48,8 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "baseline": base.metric if base else None,
         "best": best.metric if best else None,
         "best_trial": best.n if best else None,
-        "delta": (best.metric - base.metric) if best and base else None,
+        "delta": (best.metric - base.metric) if best and base and best.metric is not None and base.metric is not None
+        else None,
         "goal": cfg.metric.goal,
         "metric_name": cfg.metric.name,
         "noise": noise,
@@ -53,7 +57,7 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "branch": branch,
         "seconds": sum(t.seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
-        "running": [t.n for t in trials if t.status == "running"],
+        "running": [t.n for t in trials if t.status == Status.RUNNING],
         **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
     }
 
@@ -73,10 +77,11 @@ def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "") -
     """Fits the console it is printed on: no column has a minimum width rich would have to honour past the
     border, and the text columns (metric, phase, description) are the ones that give way, cut in their cells."""
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    for col, kw in [("n", {"justify": "right", "no_wrap": True}), ("status", {"no_wrap": True}),
-                    (metric_name, {"justify": "right"}), ("delta", {"justify": "right", "no_wrap": True}),
-                    ("phase", {"max_width": 20}), ("s", {"justify": "right", "no_wrap": True}),
-                    ("description", {})]:
+    columns: list[tuple[str, dict[str, Any]]] = [
+        ("n", {"justify": "right", "no_wrap": True}), ("status", {"no_wrap": True}),
+        (metric_name, {"justify": "right"}), ("delta", {"justify": "right", "no_wrap": True}),
+        ("phase", {"max_width": 20}), ("s", {"justify": "right", "no_wrap": True}), ("description", {})]
+    for col, kw in columns:
         table.add_column(_cut(col), **kw)
     for t in trials:
         text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
@@ -127,14 +132,14 @@ def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> lis
     out = []
     for slot in range(max([slots, *[r["slot"] + 1 for r in runs if r["slot"] is not None]])):
         mine = [r for r in runs if r["slot"] == slot]
-        current = next((r for r in mine if r["status"] == "running"), None)
+        current = next((r for r in mine if r["status"] == Status.RUNNING), None)
         busy = sum((r["finished"] or now) - r["started"] for r in mine)
         span = (max((r["finished"] or now) for r in mine) - min(r["started"] for r in mine)) if mine else 0.0
         out.append({"slot": slot, "trial": current["trial"] if current else None,
                     "run": current["k"] if current else None,
                     "for_s": now - current["started"] if current else None,
-                    "runs": len([r for r in mine if r["status"] != "running"]),
-                    "lost": len([r for r in mine if r["status"] == "lost"]),
+                    "runs": len([r for r in mine if r["status"] != Status.RUNNING]),
+                    "lost": len([r for r in mine if r["status"] == Status.LOST]),
                     "busy_s": busy, "busy": busy / span if span else None,
                     "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), "")})
     return out

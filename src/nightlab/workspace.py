@@ -122,7 +122,8 @@ class Workspace:
                 raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
             git("branch", self.branch, "HEAD", cwd=self.repo)
         elif not exists:
-            if not best or not git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=self.repo, check=False):
+            known = best and git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=self.repo, check=False)
+            if not known:
                 raise UsageError(f"branch {self.branch} is missing and the ledger's best commit is gone; "
                                  f"cannot resume tag {self.tag!r}")
             log.warning("branch %s was missing: made again at the best trial's commit %s", self.branch, best[:7])
@@ -142,7 +143,7 @@ class Workspace:
                     git("branch", "-D", self.branch, cwd=self.repo, check=False)
                 raise
 
-    def spare(self, slot: int | str) -> "Workspace":
+    def spare(self, slot: int | str) -> Workspace:
         """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
         other = Workspace(self.root, self.tag, self.editable, self.scratchpad, slot)
         if (other.tree / ".git").exists():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from nightlab.config import Config
 from nightlab.errors import UsageError
+from nightlab.plugins import plugin
 from nightlab.types import Brief, Proposal, Status
 
 AGENTS = {
@@ -25,7 +26,17 @@ class Agent(Protocol):
     """Makes ONE experiment per call by editing the editable files in `workspace`.
 
     Raise `AgentFailed` when no proposal can be made (the trial is then `rejected`).
+
+    Two class attributes say what the loop may do with an agent; a class that does not set them (or
+    subclass Agent) gets these defaults:
     """
+
+    # propose() may be called from several threads at once, each with its own worktree (parallel slots ask
+    # together); otherwise the loop holds a lock around every call.
+    concurrent: ClassVar[bool] = False
+    # A trial whose parent is no longer the best is proposed again on the new best (its proposal is absolute,
+    # like optuna's parameter values), instead of having its commit cherry-picked there.
+    reproposes: ClassVar[bool] = False
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal: ...
 
@@ -40,14 +51,15 @@ def load_agent(name: str, config: Config, state_dir: Path) -> Agent:
     Every agent class takes `(config, state_dir)`; `state_dir` is `.nightlab/<tag>/`, where an agent
     keeps whatever must survive a resume.
     """
-    target = AGENTS.get(name, name)
-    if ":" not in target:
-        raise UsageError(f"unknown agent {name!r} (known: {', '.join(AGENTS)})")
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(config, state_dir)
+    return plugin(name, AGENTS, f"unknown agent {name!r} (known: {{known}})")(config, state_dir)
 
 
-def require(module: str, extra: str) -> object:
+def capable(agent: Agent, flag: Literal["concurrent", "reproposes"]) -> bool:
+    """One of the Agent protocol's flags, with its default for an agent class that does not set it."""
+    return bool(getattr(agent, flag, getattr(Agent, flag)))
+
+
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency, or fail with the pip extra that provides it."""
     try:
         return importlib.import_module(module)

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nightlab.agents import require
-from nightlab.agents import toolloop
+from nightlab.agents import require, toolloop
 from nightlab.agents.prices import Usage
 from nightlab.agents.toolloop import ToolCall, Turn
 from nightlab.config import Config

@@ -1,6 +1,6 @@
 """The `claude-code` agent: the real `claude` CLI, headless, once per trial.
 
-Flags as measured in research/sandbox.md (Part B1, claude-code 2.1.332): `-p` with stream-json output;
+Flags as measured with claude-code 2.1.332 (the version the tests pin): `-p` with stream-json output;
 only Read/Edit/Glob/Grep offered (`--tools`, so Bash and Write do not exist for it); edits allowed
 only to the editable files and the scratchpad (`--allowedTools "Edit(train.py)"`); deny rules for
 Bash, Write, edits of protected files and, outside the phases in `[phases] allow_web`, the web tools;
@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from nightlab.agents import clirun
+from nightlab.agents import Agent, clirun
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost, price_for
 from nightlab.agents.toolloop import system_prompt
@@ -37,7 +37,7 @@ QUIET = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC":
          "DISABLE_ERROR_REPORTING": "1"}
 
 
-class ClaudeCodeAgent:
+class ClaudeCodeAgent(Agent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "claude")

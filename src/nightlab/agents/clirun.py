@@ -81,7 +81,8 @@ def install_dirs(*programs: str | None) -> list[Path]:
     return dirs
 
 
-def run_cli(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, name: str) -> subprocess.CompletedProcess:
+def run_cli(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
+            name: str) -> subprocess.CompletedProcess:
     """Run to completion; on timeout kill its whole process group. AgentFailed when it cannot start or times out."""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The `codex` agent: the real `codex exec --json`, once per trial (measured: research/sandbox.md, Part B2).
+"""The `codex` agent: the real `codex exec --json`, once per trial (as measured with the pinned codex 0.171.0).
 
 Codex edits through shell commands, which it runs in its own sandbox: `-s workspace-write` (writes
 only inside the workspace), no network, `/tmp` and $TMPDIR excluded from the writable roots, and a
@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nightlab.agents import clirun
+from nightlab.agents import Agent, clirun
 from nightlab.agents.claude_code import REPLY, reply_lines
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost
@@ -32,7 +32,7 @@ LOCKDOWN = ["sandbox_workspace_write.exclude_slash_tmp=true", "sandbox_workspace
             'shell_environment_policy.inherit="core"', 'approval_policy="never"']
 
 
-class CodexAgent:
+class CodexAgent(Agent):
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "codex")

@@ -79,11 +79,12 @@ def _literal(expr: ast.expr) -> Value | None:
     negative = isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.USub)
     if negative:
         expr = expr.operand  # type: ignore[attr-defined]
-    if not isinstance(expr, ast.Constant) or type(expr.value) not in (int, float, str, bool):
+    if not isinstance(expr, ast.Constant) or not isinstance(value := expr.value, (int, float, str, bool)) \
+            or type(value) not in (int, float, str, bool):
         return None
     if negative:
-        return None if isinstance(expr.value, (str, bool)) else -expr.value
-    return expr.value
+        return None if isinstance(value, (str, bool)) else -value
+    return value
 
 
 def _line_starts(source: bytes) -> list[int]:

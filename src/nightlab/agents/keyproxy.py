@@ -57,7 +57,7 @@ class KeyProxy(LoopbackServer):
     def connect(self) -> http.client.HTTPConnection:
         u = self.upstream
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        return cls(u.hostname, u.port, timeout=self.timeout_s)
+        return cls(u.hostname or "", u.port, timeout=self.timeout_s)
 
 
 def _handler(proxy: KeyProxy) -> type[BaseHTTPRequestHandler]:

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nightlab.agents import require
+from nightlab.agents import Agent, require
 from nightlab.agents.constants import (
     Constant,
     Value,
@@ -38,7 +38,7 @@ MAX_ASKS = 5
 UNTRUSTED = {Status.INVALID, Status.REJECTED}
 
 
-class OptunaAgent:
+class OptunaAgent(Agent):
     # Proposals may overlap with other trials' runs and outcomes (parallel slots): one lock guards the study,
     # and the constant-liar sampler keeps asks from landing next to points still in flight.
     concurrent = True

@@ -42,7 +42,7 @@ class Usage:
     cache_read: int = 0  # of tokens_in: served from the prompt cache
     cache_write: int = 0  # of tokens_in: written to the prompt cache
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
         self.cache_read += other.cache_read

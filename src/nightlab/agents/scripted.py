@@ -14,6 +14,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+from nightlab.agents import Agent
 from nightlab.config import Config
 from nightlab.errors import AgentExhausted, AgentFailed, UsageError
 from nightlab.types import Brief, Proposal, Status
@@ -23,7 +24,7 @@ IDEA_KEYS = {"description", "hypothesis", "edit"}
 EDIT_KINDS = ({"file", "search", "replace"}, {"file", "content"}, {"patch"})
 
 
-class ScriptedAgent:
+class ScriptedAgent(Agent):
     """Trial n gets the next unused idea; the assignment is saved so a resumed trial gets the same one."""
 
     def __init__(self, config: Config, state_dir: Path) -> None:

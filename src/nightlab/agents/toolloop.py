@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nightlab.agents import Agent
 from nightlab.agents.prices import Usage, cost
 from nightlab.config import Config
 from nightlab.errors import AgentFailed
@@ -178,7 +179,7 @@ def parse_args(raw: str | dict | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class ToolLoopAgent:
+class ToolLoopAgent(Agent):
     """What the API agents share: one fresh conversation per trial over the file tools.
 
     Subclasses set `cfg`, `model` and `chat_class` (a `Chat` built from the agent, the system prompt and the brief).
@@ -186,8 +187,11 @@ class ToolLoopAgent:
 
     cfg: Config
     model: str
-    chat_class: type
     concurrent = True  # each proposal is its own conversation over its own worktree: slots may ask at once
+
+    @property
+    def chat_class(self) -> type:
+        raise NotImplementedError
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal:
         tools = FileTools(workspace, brief.editable, self.cfg.project.scratchpad)

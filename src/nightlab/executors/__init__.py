@@ -8,7 +8,6 @@ the loop retries and never charges to the agent. Only bugs surface as exceptions
 
 from __future__ import annotations
 
-import importlib
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ from typing import Protocol
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
 from nightlab.measure import measure
+from nightlab.plugins import plugin
 from nightlab.sandbox import Sandbox
 from nightlab.types import RunOutcome, RunSpec
 
@@ -52,12 +52,8 @@ class Executor(Protocol):
 
 
 def load_executor(name: str, cfg: Config, sandbox: str, slots: int, **options: object) -> Executor:
-    """`options`: keywords only that executor takes (e.g. `inline` for local)."""
-    target = EXECUTORS.get(name)
-    if target is None:
-        raise UsageError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(cfg, sandbox, slots, **options)
+    """By short name or `module:Class`; `options`: keywords only that executor takes (e.g. `inline` for local)."""
+    return plugin(name, EXECUTORS, f"unknown executor {name!r} (known: {{known}})")(cfg, sandbox, slots, **options)
 
 
 def execute(cfg: Config, sandbox: Sandbox, job: Job) -> RunOutcome:

@@ -12,7 +12,7 @@ the task's thread (the worker's main thread, measured), and it waits for the run
 death ends it early. Measured: a worker killed with SIGKILL or by `ray.cancel(force=True)` takes its
 run with it, under both backends.
 
-A cluster started here (measured with Ray 2.60, research/distributed-and-hpo.md §4):
+A cluster started here (each point measured with Ray 2.60):
 - binds every server to 127.0.0.1: Ray rewrites `--node-ip-address=127.0.0.1` to the routable address
   (and then listens on all interfaces) unless it thinks it runs a single-machine cluster, which the
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 switch makes it do on Linux too (the same for a loopback
@@ -41,21 +41,22 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from nightlab.agents import require
 from nightlab.config import Config
 from nightlab.errors import UsageError
 from nightlab.executors import Job, check_gpus, execute, gpu_ids
 from nightlab.executors.transfer import alive, collect, job_dir, materialise, short_tmp, write_back
+from nightlab.runspec import spec_fields
 from nightlab.sandbox import load_sandbox
-from nightlab.sandbox.options import spec_fields
 from nightlab.types import RunOutcome, Status
 
 MB = 1 << 20
 CLUSTER_ENV = ("RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
 
 
-def import_ray(local: bool) -> object:
+def import_ray(local: bool) -> Any:
     """ray, set up for a cluster on this machine's loopback (`local`) or elsewhere."""
     if local:  # read when ray is imported: set first (and refreshed below for a ray imported earlier)
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -183,7 +184,7 @@ def lost_reason(e: Exception) -> str:
 class LocalCluster:
     """A Ray cluster started in this process: loopback only, token auth, its own temp dir; `stop()` undoes it all."""
 
-    def __init__(self, ray: object, num_cpus: int, gpus: list[str]) -> None:
+    def __init__(self, ray: Any, num_cpus: int, gpus: list[str]) -> None:
         self.ray = ray
         self.saved = {k: os.environ.get(k) for k in (*CLUSTER_ENV, "CUDA_VISIBLE_DEVICES")}
         sweep_clusters(short_tmp())
@@ -248,17 +249,18 @@ def kill_holders(d: Path) -> None:
 
 def _restore(saved: dict[str, str | None], names: tuple[str, ...]) -> None:
     for name in names:
-        if saved[name] is None:
+        if (value := saved[name]) is None:
             os.environ.pop(name, None)
         else:
-            os.environ[name] = saved[name]
+            os.environ[name] = value
 
 
-def _refresh(ray: object) -> None:
+def _refresh(ray: Any) -> None:
     """Make an already-imported ray see the environment as it is now (best effort: private names)."""
     try:
         from ray._private import ray_constants
-        from ray._raylet import AuthenticationTokenLoader, Config as RayConfig
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # private, not in the stubs
+        from ray._raylet import Config as RayConfig  # type: ignore[attr-defined]
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1") != "0"
         RayConfig.initialize("")

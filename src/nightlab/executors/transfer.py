@@ -78,8 +78,8 @@ def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
             shutil.copytree(src, dst, symlinks=True)
         elif src.is_file():
             shutil.copy2(src, dst)
-    for rel in data:
-        src, dst = root / rel, cwd / rel
+    for link in data:
+        src, dst = root / link, cwd / link
         if src.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
@@ -126,7 +126,8 @@ def collect(run_dir: Path) -> dict[str, bytes]:
     for size, rel, path in sorted(found):
         take = min(size, FILE_CAP) if rel.endswith(".log") else size  # a log too big to send: its tail
         if take > FILE_CAP or total + take > TOTAL_CAP:
-            skipped.append(f"{rel}: {size / MB:.1f} MB (limits: {FILE_CAP // MB} MB a file, {TOTAL_CAP // MB} MB in all)")
+            skipped.append(f"{rel}: {size / MB:.1f} MB "
+                           f"(limits: {FILE_CAP // MB} MB a file, {TOTAL_CAP // MB} MB in all)")
             continue
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:

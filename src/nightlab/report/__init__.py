@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from nightlab import project
@@ -17,9 +18,10 @@ from nightlab.errors import UsageError
 from nightlab.ledger import TrialRecord
 from nightlab.report import data as report_data
 from nightlab.report import html
+from nightlab.types import Event
 
 log = logging.getLogger("nightlab.report")
-Notify = Callable[[str, TrialRecord], None]
+Notify = Callable[[Event, TrialRecord], None]
 # At most one rewrite per REFRESH_S while a run goes on (a real trial takes minutes, so each still gets its
 # own); the last state is always written when the run stops. Sub-second trials would otherwise spend more
 # time drawing charts than training.
@@ -82,9 +84,9 @@ class Regenerator:
             self.pending = self.mlflow.backlog()  # logged first, on the thread: the ledger's trials it lacks
         self.thread.start()
 
-    def __call__(self, event: str, rec: TrialRecord) -> None:
+    def __call__(self, event: Event, rec: TrialRecord) -> None:
         self.inner(event, rec)
-        if event == "done":
+        if event == Event.DONE:
             with self.cond:
                 self.pending.append(rec)
                 self.dirty = self.cfg.report.html
@@ -111,7 +113,8 @@ class Regenerator:
                 if self.closing and not batch and not regenerate:
                     return
             for rec in batch:
-                self._safely("mlflow", lambda: self.mlflow and self.mlflow.log(rec))
+                if self.mlflow is not None:
+                    self._safely("mlflow", partial(self.mlflow.log, rec))
             if regenerate:
                 self._safely("report", self._write)
                 self.next_write = time.monotonic() + REFRESH_S

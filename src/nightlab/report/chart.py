@@ -66,10 +66,11 @@ def _style(ax, theme: Theme) -> None:
 def _limits(data: ReportData) -> tuple[float, float]:
     """A y range that shows the progress: values far worse than the baseline are clipped to the edge."""
     path = [v for _, v in data.best_path()]
-    base = path[0] if path else next(t.metric for t in data.trials if t.metric is not None)
-    best = data.metric.best_of(path) if path else base
+    values = [v for t in data.trials if (v := t.metric) is not None]
+    base = path[0] if path else values[0]
+    found = data.metric.best_of(path)
+    best = found if found is not None else base
     span = abs(base - best) or (data.noise or 0) * 4 or abs(base) * 0.05 or 1.0
-    values = [t.metric for t in data.trials if t.metric is not None]
     lo, hi = min(values + [best, base]), max(values + [best, base])
     if data.metric.goal == "minimize":
         hi = min(hi, base + 1.5 * span)
@@ -92,14 +93,14 @@ def _draw(ax, data: ReportData, theme: Theme) -> None:
             ax.fill_between(xs, [y - data.noise for y in ys], [y + data.noise for y in ys], step="post",
                             color=theme.keep, alpha=0.13, linewidth=0, label=f"best ± noise ({data.noise:.3g})")
         ax.step(xs, ys, where="post", color=theme.keep, linewidth=2, label="running best")
-    shown = [t for t in data.trials if t.status == "discard" and t.metric is not None]
-    inside = [t for t in shown if lo <= t.metric <= hi]
-    ax.scatter([t.n for t in inside], [t.metric for t in inside], s=22, color=theme.discard, alpha=0.55,
+    shown = {t.n: v for t in data.trials if t.status == "discard" and (v := t.metric) is not None}
+    inside = {n: v for n, v in shown.items() if lo <= v <= hi}
+    ax.scatter(list(inside), list(inside.values()), s=22, color=theme.discard, alpha=0.55,
                linewidths=0, label="discarded")
-    outside = [t for t in shown if not lo <= t.metric <= hi]
+    outside = [n for n, v in shown.items() if not lo <= v <= hi]
     if outside:  # far worse than the baseline: an arrowhead at the edge instead of squashing the chart
         edge = hi - 0.03 * (hi - lo) if data.metric.goal == "minimize" else lo + 0.03 * (hi - lo)
-        ax.scatter([t.n for t in outside], [edge] * len(outside), s=30, color=theme.discard, alpha=0.55,
+        ax.scatter(outside, [edge] * len(outside), s=30, color=theme.discard, alpha=0.55,
                    marker="^" if data.metric.goal == "minimize" else "v", linewidths=0, label="off the chart")
     failed = [t.n for t in data.trials if t.status in FAILED]
     if failed:

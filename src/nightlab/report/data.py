@@ -10,12 +10,13 @@ from pathlib import Path
 
 from nightlab import project, views
 from nightlab.config import Config
-from nightlab.ledger import RUNNING, Ledger, TrialRecord
-from nightlab.types import Metric
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Metric, Status
 from nightlab.workspace import git
 
 MAX_DIFF = 200_000  # characters per trial: a report must stay openable even after a huge generated edit
-FAILED = ("crash", "timeout", "rejected", "invalid", "lost")
+FAILED = (Status.CRASH, Status.TIMEOUT, Status.REJECTED, Status.INVALID, Status.LOST)
+CHAIN = (Status.BASELINE, Status.KEEP)  # the best so far, at each point
 
 
 @dataclass
@@ -54,19 +55,19 @@ class ReportData:
 
     def best_path(self) -> list[tuple[int, float]]:
         """(trial, best value so far) at the baseline and at every keep."""
-        return [(t.n, t.metric) for t in self.trials if t.status in ("baseline", "keep") and t.metric is not None]
+        return [(t.n, t.metric) for t in self.trials if t.status in CHAIN and t.metric is not None]
 
     def phases(self) -> list[PhaseSummary]:
         out: dict[str, PhaseSummary] = {}
         best = None
         for t in self.trials:
-            if t.status in ("baseline", "keep") and t.metric is not None:
+            if t.status in CHAIN and t.metric is not None:
                 best = t.metric
             label = t.phase or "—"
             p = out.setdefault(label, PhaseSummary(label, 0, 0, 0, best, best))
             if t.n > 0:
                 p.trials += 1
-                p.kept += t.status == "keep"
+                p.kept += t.status == Status.KEEP
                 p.failed += t.status in FAILED
             p.end = best
         return list(out.values())
@@ -81,18 +82,19 @@ def load(cfg: Config, tag: str, ledger_path: Path | None = None) -> ReportData:
         noise = ledger.get("noise")
         evidence = views.evidence(ledger)
         started = ledger.get("started")
-        verify = _verify_tables(ledger.db, {t.n: t.metric for t in every})
+        verify = _verify_tables(ledger, {t.n: t.metric for t in every})
         slots = views.slots_of(ledger)
     finally:
         ledger.close()
-    trials = [t for t in every if t.status != RUNNING]
+    trials = [t for t in every if t.status != Status.RUNNING]
     ends = [t.finished for t in trials if t.finished]
     begin = started if isinstance(started, (int, float)) else min((t.started for t in every), default=None)
     hours = (max(ends) - begin) / 3600 if ends and begin else 0.0
     data = ReportData(tag=tag, metric=cfg.primary, trials=trials, noise=noise,
-                      summary=views.status_json(cfg, tag, every, noise, f"nightlab/{tag}", evidence), hours=max(hours, 0.0),
+                      summary=views.status_json(cfg, tag, every, noise, f"nightlab/{tag}", evidence),
+                      hours=max(hours, 0.0),
                       scratchpad_name=cfg.project.scratchpad, verify=verify,
-                      running=[t.n for t in every if t.status == RUNNING], slots=slots)
+                      running=[t.n for t in every if t.status == Status.RUNNING], slots=slots)
     data.scratchpad = _branch_file(cfg.root, f"nightlab/{tag}", cfg.project.scratchpad)
     data.diffs = {t.n: _diff(cfg.root, state, tag, t.n) for t in trials if t.n > 0}
     return data
@@ -102,17 +104,12 @@ VERIFY_COLUMNS = {"run", "kind", "label", "runs", "reference_runs", "reference",
                   "ci_high", "p_value", "note"}
 
 
-def _verify_tables(db: sqlite3.Connection, val: dict[int, float | None]) -> list[VerifyTable]:
+def _verify_tables(ledger: Ledger, val: dict[int, float | None]) -> list[VerifyTable]:
     """The latest `nightlab verify`, and any other `verify*` table shown as stored. A ledger without them
     (older, or verify never ran) gives nothing; a schema this code does not know is shown raw, not dropped."""
     out = []
     try:
-        names = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'verify%' ORDER BY name")]
-        for name in names:
-            cur = db.execute(f'SELECT * FROM "{name}"')
-            rows = cur.fetchall()
-            columns = [c[0] for c in cur.description]
+        for name, columns, rows in ledger.verify_tables():
             if rows and name == "verify" and VERIFY_COLUMNS <= set(columns):
                 out += _latest_verify([dict(zip(columns, r)) for r in rows], val)
             elif rows:

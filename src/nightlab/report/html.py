@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import time
+from collections.abc import Sequence
 
 from nightlab import __version__
 from nightlab.ledger import TrialRecord
@@ -61,7 +62,8 @@ def num(v: float | None, sign: bool = False) -> str:
 
 def render(data: ReportData, chart: bytes | None, dark_chart: bytes | None, note: str = "") -> str:
     """The whole page. `chart` is None when it could not be drawn (`note` then says why)."""
-    parts = [_head(data), _summary(data), _chart(chart, dark_chart, note), _phases(data), _verify(data.verify), _slots(data.slots),
+    parts = [_head(data), _summary(data), _chart(chart, dark_chart, note), _phases(data), _verify(data.verify),
+             _slots(data.slots),
              _trials(data), _scratchpad(data),
              f"<footer>nightlab {esc(__version__)} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}"
              f" · ledger <code>.nightlab/{esc(data.tag)}/ledger.sqlite</code></footer>",
@@ -146,7 +148,7 @@ def _slots(slots: list[dict]) -> str:
             "training.</p>" + _table(["slot", "now", "runs", "lost", "training", "busy", "hardware"], rows))
 
 
-def _table(columns: list[str], rows: list[list]) -> str:
+def _table(columns: list[str], rows: Sequence[Sequence]) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="verify"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,18 +20,22 @@ from rich.text import Text
 
 from nightlab import project, views
 from nightlab.config import Config
-from nightlab.ledger import RUNNING, Ledger, TrialRecord
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Event, Status
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 LAST = 12  # outcomes shown in the panel
-DOING = {"propose": "asking the agent", "run": "running", "confirm": "confirming with a fresh seed",
-         "lost": "running again (a run was lost)", "rebase": "running again on the new best"}
-TIMED = ("run", "confirm", "lost", "rebase")  # events that start a run
+DOING = {Event.PROPOSE: "asking the agent", Event.RUN: "running", Event.CONFIRM: "confirming with a fresh seed",
+         Event.LOST: "running again (a run was lost)", Event.REBASE: "running again on the new best"}
+TIMED = (Event.RUN, Event.CONFIRM, Event.LOST, Event.REBASE)  # events that start a run
 
 
 class LiveView:
     """A `notify(event, rec)` callback; use it as a context manager around the run."""
 
-    def __init__(self, cfg: Config, tag: str, console: Console, plain: Callable[[str, TrialRecord], None],
+    def __init__(self, cfg: Config, tag: str, console: Console, plain: Callable[[Event, TrialRecord], None],
                  max_trials: int | None = None, hours: float | None = None) -> None:
         self.cfg, self.tag, self.console, self.plain = cfg, tag, console, plain
         self.max_trials, self.hours = max_trials, hours
@@ -38,27 +43,27 @@ class LiveView:
         self.trials = _finished(cfg, tag)
         self.flying: dict[int, tuple[TrialRecord, str, float | None]] = {}  # n → (record, doing, run started)
         self.started = time.monotonic()
-        self.live = None
+        self.live: Live | None = None
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:
         if self.terminal:
             from rich.live import Live
 
-            self.live = Live(self, console=self.console, refresh_per_second=4, transient=True)
+            self.live = live = Live(self, console=self.console, refresh_per_second=4, transient=True)
             # drawn once now, before any other thread prints: rich moves the cursor back over the panel only
             # once it knows its size, so a line printed before the first draw would be glued to its edge
-            self.live.start(refresh=True)
+            live.start(refresh=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
             self.live.stop()
 
-    def __call__(self, event: str, rec: TrialRecord) -> None:
+    def __call__(self, event: Event, rec: TrialRecord) -> None:
         if not self.terminal:
             self.plain(event, rec)
             return
-        if event == "done":
+        if event == Event.DONE:
             self.trials.append(rec)
             self.flying.pop(rec.n, None)
             self.plain(event, rec)  # printed above the panel: the history stays in the scrollback
@@ -95,7 +100,7 @@ class LiveView:
         return text
 
     def _bars(self) -> list[tuple[str, float, float, str]]:
-        bars = []
+        bars: list[tuple[str, float, float, str]] = []
         done = self.trials[-1].n if self.trials else 0
         if self.max_trials is not None:
             bars.append(("trials", done, max(self.max_trials, 1), f"{done}/{self.max_trials}"))
@@ -112,17 +117,17 @@ class LiveView:
         return bars
 
     def _best(self) -> Text:
-        scored = [t for t in self.trials if t.status in ("baseline", "keep") and t.metric is not None]
+        scored = [t for t in self.trials if t.status in (Status.BASELINE, Status.KEEP) and t.metric is not None]
         if not scored:
             return Text("—", style="dim")
         base, best = scored[0], scored[-1]
         text = Text(f"{self.cfg.metric.name} {views.fmt(best.metric)}", style="bold green")
-        if best.n != base.n and base.metric:
+        if best.n != base.n and base.metric and best.metric is not None:
             pct = 100 * (best.metric - base.metric) / abs(base.metric)
             text.append(f"  trial {best.n}, baseline {views.fmt(base.metric)} ({pct:+.1f}%)", style="")
         else:
             text.append("  (the baseline)", style="dim")
-        kept = sum(t.status == "keep" for t in self.trials)
+        kept = sum(t.status == Status.KEEP for t in self.trials)
         text.append(f"  · {kept} kept of {max(len(self.trials) - 1, 0)}", style="dim")
         return text
 
@@ -142,6 +147,6 @@ def _finished(cfg: Config, tag: str) -> list[TrialRecord]:
         return []
     ledger = Ledger(path)
     try:
-        return [t for t in ledger.trials() if t.status != RUNNING]
+        return [t for t in ledger.trials() if t.status != Status.RUNNING]
     finally:
         ledger.close()

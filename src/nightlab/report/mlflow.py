@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from nightlab import project
 from nightlab.agents import require
 from nightlab.config import Config
-from nightlab.ledger import RUNNING, Ledger, TrialRecord
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Status
 
 log = logging.getLogger("nightlab.report")
 STORE = "mlflow.db"
@@ -108,7 +109,7 @@ class MlflowLogger:
             return []
         ledger = Ledger(path)
         try:
-            return [t for t in ledger.trials() if t.status != RUNNING and t.n not in self.done]
+            return [t for t in ledger.trials() if t.status != Status.RUNNING and t.n not in self.done]
         finally:
             ledger.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Protocol
 
 from nightlab.errors import UsageError
+from nightlab.plugins import plugin
+from nightlab.sandbox.probe import choose_auto
 from nightlab.types import RunResult, RunSpec
 
 BACKENDS = {"bwrap": "nightlab.sandbox.bwrap:BwrapSandbox", "docker": "nightlab.sandbox.container:DockerSandbox",
@@ -30,14 +31,8 @@ class Sandbox(Protocol):
 
 def load_sandbox(name: str) -> Sandbox:
     if name == "auto":  # bwrap, docker or podman, whichever works first; never `process` (no isolation)
-        from nightlab.sandbox.probe import choose_auto
-
         name = choose_auto()
-    target = BACKENDS.get(name)
-    if target is None:
-        raise UsageError(f"unknown or unavailable sandbox {name!r} (available: {', '.join(BACKENDS)})")
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return plugin(name, BACKENDS, f"unknown or unavailable sandbox {name!r} (available: {{known}})")()
 
 
 SHELL_SYNTAX = set("|&;<>()$`\\\"'*?[]#~=%{}\n")

@@ -1,7 +1,7 @@
 """A bwrap profile for agent CLIs (claude, codex): the network stays (the agent must reach its model),
 the files it may not change are read-only at the OS level, and it sees only the environment it is given.
 
-A CLI's own permission layer is not relied on: as measured (research/sandbox.md, Part B), a CLI's shell
+A CLI's own permission layer is not relied on: measured with the pinned CLIs, a CLI's shell
 tool inherits its environment and `acceptEdits` lets it edit any file. Here the candidate's worktree is
 writable (CLIs edit by writing a temporary file and renaming it over the original, which a file bind
 would refuse with EBUSY), while `.git`, the protected files and everything outside are read-only, and
@@ -12,6 +12,7 @@ the diff afterwards.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from nightlab.sandbox.bwrap import SYSTEM_HIDDEN, SYSTEM_MASKED, UID, _under, bwrap_path, homes, interpreter_paths
@@ -36,7 +37,7 @@ def _gitdirs(workdir: Path) -> list[Path]:
 
 
 def agent_argv(command: list[str], workdir: Path, home: Path, env: dict[str, str], *,
-               readonly: list[str] = (), hidden: list[Path] = (), extra_readonly: list[Path] = (),
+               readonly: Sequence[str] = (), hidden: Sequence[Path] = (), extra_readonly: Sequence[Path] = (),
                bwrap: str | None = None) -> list[str]:
     """bwrap's argv to run an agent CLI in `workdir`. Exec it with an EMPTY environment (`env={}`).
 
@@ -51,12 +52,13 @@ def agent_argv(command: list[str], workdir: Path, home: Path, env: dict[str, str
          "--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
          "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     hide = [Path(p) for p in dict.fromkeys([*SYSTEM_HIDDEN, *homes()]) if Path(p).is_dir() and not Path(p).is_symlink()]
-    hide += [Path(os.path.realpath(p)) for p in hidden if Path(p).exists() and not _under(Path(os.path.realpath(p)), hide)]
+    real = [Path(os.path.realpath(p)) for p in hidden if Path(p).exists()]
+    hide += [p for p in real if not _under(p, hide)]
     for p in hide:
         a += ["--tmpfs", str(p)]
-    for p in SYSTEM_MASKED:
-        if os.path.isfile(p):
-            a += ["--ro-bind", "/dev/null", p]
+    for masked in SYSTEM_MASKED:
+        if os.path.isfile(masked):
+            a += ["--ro-bind", "/dev/null", masked]
     resolv = Path(os.path.realpath("/etc/resolv.conf"))
     shown = [p for p in interpreter_paths() if _under(p, hide)] + list(extra_readonly) + _gitdirs(workdir)
     if resolv.exists() and _under(resolv, hide):  # systemd-resolved keeps it under /run: DNS must still work

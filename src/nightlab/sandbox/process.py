@@ -32,7 +32,8 @@ class ProcessSandbox:
     name = "process"
 
     def run(self, spec: RunSpec) -> RunResult:
-        log.warning("sandbox 'process': trial %s runs WITHOUT isolation (network, files, secrets reachable)", spec.trial)
+        log.warning("sandbox 'process': trial %s runs WITHOUT isolation (network, files, secrets reachable)",
+                    spec.trial)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = spec.run_dir / spec.log_name
         start = time.monotonic()

@@ -1,6 +1,6 @@
 """Which OCI runtime a container engine can use here, found by running a tiny container with each.
 
-Measured on a VM with hybrid cgroups and no CAP_SYS_RESOURCE (research/containers-here.md): podman's
+Measured on a VM with hybrid cgroups and no CAP_SYS_RESOURCE: podman's
 default runtime `crun` refuses every container there ("cgroups in hybrid mode not supported"), while
 `runc` works; both fail when asked to raise a resource limit past what the engine's own process holds
 (podman asks for RLIMIT_NOFILE and RLIMIT_NPROC of 1048576 by default). So each runtime is tried with

@@ -1,4 +1,5 @@
-"""What a project's runs may see and use: the RunSpec fields an isolating backend needs, from the config."""
+"""Every RunSpec, built from the config: the command, its budget, the environment it may pass through, and
+what an isolating backend shows the run and limits it to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.project import STATE, visible_data
+from nightlab.sandbox import passthrough
+from nightlab.types import RunSpec
+
+
+def run_spec(cfg: Config, cwd: Path, run_dir: Path, seed: int, trial: int, env: dict[str, str] | None = None,
+             isolation: dict | None = None) -> RunSpec:
+    """One run of the project's command in `cwd`: the config's `[run] env` passed through (secrets refused),
+    then `env`; `isolation` replaces what spec_fields(cfg, cwd) would show and limit."""
+    return RunSpec(command=cfg.run.command, cwd=cwd, run_dir=run_dir, budget_s=cfg.run.budget_s,
+                   timeout_s=cfg.run.timeout_s, seed=seed, trial=trial,
+                   env=passthrough(cfg.run.env, str(cfg.path)) | (env or {}), grace_s=cfg.run.grace_s,
+                   **(isolation if isolation is not None else spec_fields(cfg, cwd)))
 
 
 def _repo_root(root: Path) -> Path:

@@ -1,0 +1,95 @@
+"""The ledger's schema over time: a ledger an older nightlab wrote opens, gains what it lacks, keeps its trials."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import fields
+from pathlib import Path
+
+from nightlab.ledger import MIGRATIONS, Ledger, TrialRecord
+from nightlab.types import Status
+
+# The trials table as nightlab wrote it before parallel trials (no `hardware`), and no migrations table.
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE trials (
+    n INTEGER PRIMARY KEY, status TEXT NOT NULL, metric REAL, metrics TEXT, runs TEXT, delta REAL,
+    description TEXT, hypothesis TEXT, reason TEXT, phase TEXT, commit_sha TEXT, parent TEXT, seconds REAL,
+    seed INTEGER, cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER, started REAL, finished REAL
+);
+INSERT INTO trials (n, status, metric, metrics, runs, description, commit_sha, seconds, seed, cost_usd,
+                    tokens_in, tokens_out, started, finished)
+VALUES (0, 'baseline', 1.5, '{"val_loss": 1.5}', '[1.5]', 'baseline', 'abc', 1.0, 0, 0, 0, 0, 1.0, 2.0),
+       (1, 'keep', 1.2, '{"val_loss": 1.2}', '[1.2]', 'lower LR', 'def', 1.0, 1000, 0, 0, 0, 3.0, 4.0),
+       (2, 'discard', 1.3, '{"val_loss": 1.3}', '[1.3]', 'wider', 'ghi', 1.0, 2000, 0, 0, 0, 5.0, 6.0);
+"""
+
+
+def columns(path: Path, table: str) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def test_an_old_ledger_opens_and_gains_what_it_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+    ledger = Ledger(path)
+    try:
+        assert ledger.migrations() == list(MIGRATIONS)
+        trials = ledger.trials()
+        assert [(t.n, t.status, t.hardware) for t in trials] == [(0, "baseline", None), (1, "keep", None),
+                                                                 (2, "discard", None)]
+        assert ledger.best().n == 1
+        trials[2].hardware = "cpu"
+        ledger.save(trials[2])  # the new column is writable
+        ledger.run_started("3.0a0s1", 3, 0, 0, 0)  # so are the tables it lacked
+        assert ledger.latest_verify() is None and ledger.next_verify_run() == 1
+    finally:
+        ledger.close()
+    assert {f.name for f in fields(TrialRecord)} <= columns(path, "trials")
+    again = Ledger(path)  # applied migrations are not run twice
+    try:
+        assert again.migrations() == list(MIGRATIONS) and again.trial(2).hardware == "cpu"
+    finally:
+        again.close()
+
+
+def test_a_new_ledger_has_every_column_and_records_every_migration(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert ledger.migrations() == list(MIGRATIONS)
+        assert ledger.best() is None
+        ledger.save(TrialRecord(n=0))
+        assert ledger.trial(0).status == Status.RUNNING and ledger.best() is None
+    finally:
+        ledger.close()
+    # A TrialRecord field without a column (in SCHEMA and a migration) would fail every save.
+    assert {f.name for f in fields(TrialRecord)} <= columns(tmp_path / "ledger.sqlite", "trials")
+
+
+def test_a_ledger_from_between_has_its_columns_kept(tmp_path: Path) -> None:
+    """A ledger with the hardware column but no migrations table (written before migrations were recorded)."""
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA + "ALTER TABLE trials ADD COLUMN hardware TEXT;")
+    ledger = Ledger(path)
+    try:
+        assert ledger.migrations() == list(MIGRATIONS) and [t.n for t in ledger.trials()] == [0, 1, 2]
+    finally:
+        ledger.close()
+
+
+def test_verify_rows_round_trip(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        row = {"run": ledger.next_verify_run(), "kind": "val", "label": "best vs baseline", "trial": 1,
+               "commit_sha": "def", "seeds": [7, 8], "final": 0, "reference_runs": [1.5, 1.4], "runs": [1.2, 1.1],
+               "n_ref": 2, "n": 2, "reference": 1.45, "value": 1.15, "effect": 0.3, "ci_low": 0.1, "ci_high": 0.5,
+               "p_value": 0.01, "cohens_d": 3.0, "note": "", "created": 1.0}
+        ledger.save_verify([row])
+        assert ledger.latest_verify() == [row | {"final": False}]
+        assert ledger.next_verify_run() == 2
+        assert [name for name, _, _ in ledger.verify_tables()] == ["verify"]
+    finally:
+        ledger.close()
