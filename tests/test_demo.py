@@ -33,6 +33,15 @@ def test_demo_runs_the_quickstart_end_to_end(tmp_path: Path) -> None:
     status = json.loads(nightlab("status", "--json", cwd=dest).stdout)
     assert status["tag"] == "demo" and status["trials"] == 3 and status["metric_name"] == "val_loss"
     assert status["noise"] and status["noise"] > 0
+    assert status["examples"] == 360 and status["eval_se"] > 0 and not status["deterministic"]  # per-example losses
+
+    # with something kept, the demo ends by re-scoring the chain on the selection split (and test), report included
+    if status["kept"]:
+        text = " ".join(out.stdout.split())
+        assert "re-ranking on the selection split" in text and "select_loss" in text and "test_loss" in text
+        assert (dest / ".nightlab" / "demo" / "report.html").read_text().count("re-ranking on the selection split") == 1
+        assert {r["kind"] for r in status["verify"]} >= {"select", "select-test"}
+        assert not (tree := dest / ".nightlab" / "demo" / "worktree" / "data" / "select.npz").exists(), tree
 
     # the test split was never visible to a trial; train/val were
     tree = dest / ".nightlab" / "demo" / "worktree"

@@ -372,13 +372,16 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
     project.prepare(cfg)
     reason = _session(cfg, "demo", trials, None)
     state = project.state_dir(cfg, "demo")
+    console.print(f"stopped: {reason}")
     if cfg.data.select and any(t.status == "keep" for t in _existing(cfg, "demo").trials()):
         from nightlab import verify
+        from nightlab.report import write_report
 
         console.print("\n[bold]did the search fit the validation split?[/] every kept state re-scored on the "
                       "selection split (never seen by a trial) and on test, one fresh seed each")
         _verify(cfg, "demo", verify.Options(seeds=1, test=bool(cfg.data.test), select=True))
-    console.print(f"stopped: {reason}\n\n[bold]where everything is[/]\n"
+        write_report(cfg, "demo")  # with the re-ranking
+    console.print("\n[bold]where everything is[/]\n"
                   f"  project:  {dest}\n  ledger:   {state}/ledger.sqlite  (results.tsv beside it)\n"
                   f"  runs:     {state}/runs/<n>/  (run.log, metrics.json, diff.patch, brief.md)\n"
                   f"  branch:   nightlab/demo  (git -C {dest} log --oneline nightlab/demo)\n"
