@@ -173,6 +173,8 @@ def test_a_tie_by_rounding_is_not_a_keep() -> None:
         assert decide(Metric("val_err"), [0.22], naive, sigma, KeepConfig(), 5).verdict == D
     assert decide(Metric("val_err", "maximize"), [naive], 0.22, 0.0, KeepConfig(), 5).verdict == D
     assert decide(Metric("val_err"), [0.2199], naive, 0.0, KeepConfig(), 5).verdict == K  # a real, if tiny, gain
+    assert decide(Metric("mse"), [1e-12], 2e-12, 0.0, KeepConfig(), 1).verdict == K  # small metrics are not ties
+    assert decide(Metric("mse"), [0.0], 0.0, 0.0, KeepConfig(), 1).verdict == D
 
 
 def test_identical_runs_count_as_one() -> None:

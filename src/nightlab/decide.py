@@ -100,7 +100,7 @@ def decide(metric: Metric, runs: list[float], best: float, sigma: float | None, 
     low = limit / 2 if keep.threshold == "auto" else limit
     if confirmations_left and low < gain < 2 * limit:
         return Decision(Verdict.CONFIRM, value, gain, limit, se)
-    if gain <= limit or gain <= ROUNDING * max(1.0, abs(value), abs(best)):
+    if gain <= limit or gain <= ROUNDING * max(abs(value), abs(best)):  # relative: metrics of any scale
         return Decision(Verdict.DISCARD, value, gain, limit, se)
     return Decision(Verdict.KEEP, value, gain, limit, se)
 
