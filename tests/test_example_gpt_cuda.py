@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, ROOT, git, isolated_env
-from test_example_quickstart import check_per_example
+from nlkit import CLI, ROOT, check_per_example, git, isolated_env
 from test_examples import CORPUS_SHA256, SPLIT_SHA256, check_bpb_evaluation, sha256
 
 GPT_CUDA = ROOT / "examples" / "gpt-cuda"

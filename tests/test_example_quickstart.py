@@ -9,10 +9,7 @@ one checks through `nightlab trial`, in the sandbox, that a trial cannot see dat
 from __future__ import annotations
 
 import ast
-import hashlib
-import importlib.util
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlkit import ROOT, example_cli, isolated_env
+from nlkit import ROOT, check_per_example, digest, example_cli, isolated_env, load_module, summary, trial_visibility
 
 QUICKSTART = ROOT / "examples" / "quickstart"
 EXAMPLES = ("quickstart", "retrieval", "tinylm", "gpt-cuda")
@@ -34,73 +31,6 @@ SPLIT_DIGEST = {
     "test": "33f4d2f88fd120e2bc2d5d5e2792befe6171a28e051392adfb134058ca455067",
 }
 SIZES = {"train": 717, "select": 360, "val": 360, "test": 360}
-
-# A trial's view of the data, printed as metric lines: which split files it can read, and whether
-# prepare.load_split("select") can load the select split. (A masked path may still "exist" as an
-# empty directory, as the bwrap sandbox masks it; what counts is that nothing can be read there.)
-PROBE = '''import os
-from prepare import load_split
-print("val_loss: 1.0")  # the quickstart's metric and constraint; the retrieval example's metric:
-print("val_mean_rank: 1.0")
-print("peak_memory_gb: 0.01")
-for name in ("train", "val", "test", "select"):
-    try:
-        with open(os.path.join("data", name + ".npz"), "rb") as f:
-            readable = len(f.read(4)) == 4
-    except OSError:
-        readable = False
-    print(f"{name}_readable: {int(readable)}")
-try:
-    load_split("select")
-    print("select_loaded: 1")
-except Exception as e:
-    print("select_loaded: 0")
-    print(f"({type(e).__name__}: {e})")
-'''
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with np.load(path) as f:
-        for key in sorted(f.files):
-            a = f[key]
-            h.update(f"{key}:{a.dtype}:{a.shape};".encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def check_per_example(metrics: dict, name: str, n: int, weighted: bool = False) -> np.ndarray:
-    """metrics.json's per-example values of `name`: n of them, finite, and the metric is their (weighted) mean."""
-    values = np.asarray(metrics["per_example"][name], dtype=np.float64)
-    assert values.shape == (n,) and np.isfinite(values).all()
-    if weighted:
-        weights = np.asarray(metrics["per_example_weight"][name], dtype=np.float64)
-        assert weights.shape == (n,) and (weights > 0).all()
-        mean = float((weights * values).sum() / weights.sum())
-    else:
-        assert name not in metrics.get("per_example_weight", {})
-        mean = float(values.mean())
-    assert mean == pytest.approx(metrics[name], rel=1e-9)
-    return values
-
-
-def summary(stdout: str) -> dict[str, float]:
-    return {k: float(v) for k, v in re.findall(r"^(\w+):\s+(\S+)\s*$", stdout, re.MULTILINE)}
-
-
-def trial_visibility(nl, dest: Path) -> dict[str, float]:
-    """What `nightlab trial` (the project's sandbox) shows a run of PROBE in the example copied to dest."""
-    (dest / "probe.py").write_text(PROBE)
-    out = nl("trial").stdout
-    return {k: float(v) for k, v in re.findall(r"^\s+(\w+): (\S+)", out, re.MULTILINE)}
-
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,7 +10,6 @@ and checks that a trial cannot read that split.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -21,8 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlkit import ROOT, example_cli, isolated_env, one_optuna_trial
-from test_example_quickstart import check_per_example, summary, trial_visibility
+from nlkit import (
+    ROOT,
+    check_per_example,
+    digest,
+    example_cli,
+    isolated_env,
+    one_optuna_trial,
+    summary,
+    trial_visibility,
+)
 
 RETRIEVAL = ROOT / "examples" / "retrieval"
 # Digests of the generated arrays (name, dtype, shape and bytes of each, in name order): a change
@@ -35,16 +42,6 @@ SPLIT_DIGEST = {
 }
 SIZE_OF = {"large": "large", "big": "large", "small": "small", "little": "small", "tiny": "small"}
 ROW_OF = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with np.load(path) as f:
-        for key in sorted(f.files):
-            a = f[key]
-            h.update(f"{key}:{a.dtype}:{a.shape};".encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

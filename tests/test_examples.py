@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import ROOT, example_cli, one_optuna_trial
-from test_example_quickstart import check_per_example, summary
+from nlkit import ROOT, check_per_example, example_cli, one_optuna_trial, summary
 
 TINYLM = ROOT / "examples" / "tinylm"
 CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"  # as build_corpus.py printed it
