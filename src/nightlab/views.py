@@ -27,12 +27,11 @@ def log_json(trials: list[TrialRecord]) -> list[dict]:
 
 def evidence(ledger: Ledger) -> dict:
     """What the keep rule could measure for this tag (known once the baseline finished)."""
-    examples = ledger.get("examples")
-    done = ledger.get("noise") is not None or ledger.get("deterministic") is not None or examples is not None
-    return {"deterministic": bool(ledger.get("deterministic", False)), "examples": examples,
-            "eval_se": ledger.get("eval_se"),
-            "keep_rule": evidence_note(ledger.get("noise"), bool(ledger.get("deterministic", False)),
-                                       examples is not None) if done else None}
+    examples, deterministic, noise = ledger.get("examples"), ledger.get("deterministic"), ledger.get("noise")
+    known = deterministic is not None or noise is not None  # set when the baseline ends (noise alone: an older tag)
+    note = evidence_note(noise, bool(deterministic), examples is not None) if known else None
+    return {"deterministic": bool(deterministic), "examples": examples, "eval_se": ledger.get("eval_se"),
+            "keep_rule": note}
 
 
 def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str,
