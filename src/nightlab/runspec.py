@@ -13,10 +13,12 @@ from nightlab.types import RunSpec
 
 
 def run_spec(cfg: Config, cwd: Path, run_dir: Path, seed: int, trial: int, env: dict[str, str] | None = None,
-             isolation: dict | None = None) -> RunSpec:
+             isolation: dict | None = None, budget_s: float | None = None) -> RunSpec:
     """One run of the project's command in `cwd`: the config's `[run] env` passed through (secrets refused),
-    then `env`; `isolation` replaces what spec_fields(cfg, cwd) would show and limit."""
-    return RunSpec(command=cfg.run.command, cwd=cwd, run_dir=run_dir, budget_s=cfg.run.budget_s,
+    then `env`; `isolation` replaces what spec_fields(cfg, cwd) would show and limit; `budget_s` replaces
+    `[run] budget_s` (a trial screened at a shorter budget)."""
+    return RunSpec(command=cfg.run.command, cwd=cwd, run_dir=run_dir,
+                   budget_s=cfg.run.budget_s if budget_s is None else budget_s,
                    timeout_s=cfg.run.timeout_s, seed=seed, trial=trial,
                    env=passthrough(cfg.run.env, str(cfg.path)) | (env or {}), grace_s=cfg.run.grace_s,
                    **(isolation if isolation is not None else spec_fields(cfg, cwd)))

@@ -1,0 +1,89 @@
+"""What every trial of a tag shares: the config, the branch, the ledger, the agent, the state directory and the
+notifier, with the reads all trials need (the best, the seed noise, a finished trial's per-example values)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nightlab import metrics, per_example, program
+from nightlab.agents import Agent, capable
+from nightlab.config import Config
+from nightlab.executors import Job
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.runspec import run_spec
+from nightlab.types import Brief, Event, Proposal, Status
+from nightlab.workspace import Workspace
+
+PROPOSAL_FILES = ("brief.md", "agent.log", "diff.patch")  # in runs/<n>/ beside run 0's own files
+
+
+@dataclass
+class Lab:
+    cfg: Config
+    ws: Workspace  # the tag's branch, in the project's own worktree
+    ledger: Ledger
+    agent: Agent
+    state_dir: Path
+    notify: Callable[[Event, TrialRecord], None] = lambda event, rec: None
+    session: int = 0  # counts `nightlab run` invocations of the tag, so job ids stay unique across resumes
+    agent_lock: threading.Lock | None = field(init=False)
+    example_cache: dict[int, per_example.Examples | None] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        # An agent that is not `concurrent` is asked by one trial at a time, whatever the slots.
+        self.agent_lock = None if capable(self.agent, "concurrent") else threading.Lock()
+
+    def ask(self, ws: Workspace, brief: Brief) -> Proposal:
+        if self.agent_lock is None:
+            return self.agent.propose(ws.dir, brief)
+        with self.agent_lock:
+            return self.agent.propose(ws.dir, brief)
+
+    def brief(self, n: int, ws: Workspace, failure_tail: str = "") -> Brief:
+        """Trial n's brief, written against the best as it is now and the scratchpad as `ws` holds it."""
+        pad = ws.dir / self.cfg.project.scratchpad
+        scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
+        return program.brief(self.cfg, n, self.ledger.trials(), self.best().metric, self.noise(), scratchpad,
+                             failure_tail, self.ledger.get("eval_se"))
+
+    def failure_tail(self) -> str:
+        """The end of the last finished trial's log when it crashed or timed out (the agent should see why)."""
+        last = next((t for t in reversed(self.ledger.trials()) if t.status != Status.RUNNING), None)
+        if last and last.status in (Status.CRASH, Status.TIMEOUT):
+            return metrics.log_tail(self.run_dir(last.n) / "run.log")
+        return ""
+
+    def best(self) -> TrialRecord:
+        best = self.ledger.best()
+        assert best is not None, "no baseline"
+        return best
+
+    def noise(self) -> float | None:
+        return self.ledger.get("noise")
+
+    def examples(self, n: int) -> per_example.Examples | None:
+        """A finished trial's per-example values averaged over its runs (kept and baseline ones never change)."""
+        if n not in self.example_cache:
+            self.example_cache[n] = self.ledger.mean_examples(n)
+        return self.example_cache[n]
+
+    def job(self, rec: TrialRecord, tree: Workspace, k: int, attempt: int, slot: int,
+            budget_s: float | None = None) -> Job:
+        """Run k of a trial's commit as `tree` holds it, with the editable files by value for remote workers."""
+        here, run_dir = tree.dir, self.run_dir(rec.n, k)
+        if attempt:  # what the lost attempt left (run 0 shares its directory with the proposal and later runs)
+            for entry in run_dir.iterdir():
+                if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        spec = run_spec(self.cfg, here, run_dir, seed=rec.seed + k, trial=rec.n, budget_s=budget_s)
+        files = {f: (here / f).read_bytes() for f in self.cfg.project.editable if (here / f).is_file()}
+        return Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+
+    def run_dir(self, n: int, k: int = 0) -> Path:
+        path = self.state_dir / "runs" / str(n) / (f"repeat-{k}" if k else "")
+        path.mkdir(parents=True, exist_ok=True)
+        return path

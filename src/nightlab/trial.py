@@ -1,0 +1,236 @@
+"""One trial's life: propose → run → decide → (confirm | rebase | re-propose) → record.
+
+Each step returns what happens next (`Next`); the scheduler only starts what a trial asks for and hands back
+what finished. A trial starts from a chosen commit (`rec.parent`) and trains at a chosen budget. When its
+parent is no longer the best as it is about to run, or would be kept, its change is re-applied to the current
+best (rebased) and run again from scratch, at most MAX_REBASES times; a change that no longer applies is
+discarded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from enum import StrEnum
+
+from nightlab import per_example, program
+from nightlab.agents import capable
+from nightlab.decide import Verdict, decide, distinct
+from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
+from nightlab.executors import Job
+from nightlab.lab import Lab
+from nightlab.ledger import TrialRecord, commit_message, write_tsv
+from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
+from nightlab.workspace import Workspace
+
+MAX_REBASES = 2
+LOST_RETRIES = 1  # a run the infrastructure lost is run once more before the trial counts as lost
+
+
+class Next(StrEnum):
+    RUN = "run"  # runs to start: `pending` new ones or `retry` lost ones
+    WAIT = "wait"  # runs still in flight decide what follows
+    RECORD = "record"  # decided: record it and give its worktree back
+    DROP = "drop"  # the agent had nothing to propose: the trial never happened
+
+
+class Trial:
+    def __init__(self, lab: Lab, rec: TrialRecord, ws: Workspace | None = None, pending: int = 0,
+                 budget_s: float | None = None) -> None:
+        self.lab, self.rec, self.ws, self.budget_s = lab, rec, ws, budget_s
+        self.pending, self.running, self.rebases = pending, 0, 0
+        self.next_k = 0  # run index; keeps growing across rebases, so no run directory is reused
+        self.retry: list[int] = []  # lost runs to start again
+        self.lost: dict[int, int] = {}  # times each run was lost
+        self.examples: list[per_example.Examples] = []  # of each successful run
+
+    @property
+    def tree(self) -> Workspace:
+        """Its worktree (a resumed trial holds none until the scheduler gives it one, before its runs)."""
+        assert self.ws is not None, f"trial {self.rec.n} holds no worktree"
+        return self.ws
+
+    # -- propose ----------------------------------------------------------------------------------------
+    def brief(self) -> Brief:
+        """Its worktree at the parent; the ledger and the notifier hear of the trial before the agent starts."""
+        lab, rec = self.lab, self.rec
+        self.tree.reset(rec.parent)
+        program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
+        brief = lab.brief(rec.n, self.tree, lab.failure_tail())
+        rec.phase = brief.phase
+        lab.ledger.save(rec)
+        lab.notify(Event.PROPOSE, rec)
+        (lab.run_dir(rec.n) / "brief.md").write_text(brief.text)
+        return brief
+
+    def make(self, brief: Brief) -> None:
+        """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
+        rec, ws, out = self.rec, self.tree, self.lab.run_dir(self.rec.n)
+        proposal = self.lab.ask(ws, brief)
+        (out / "agent.log").write_text(proposal.transcript)
+        rec.hypothesis = proposal.hypothesis
+        rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
+        (out / "diff.patch").write_text(ws.diff())
+        rec.commit_sha = self._commit(proposal, "(no description)")
+
+    def proposed(self, error: BaseException | None) -> Next:
+        lab, rec = self.lab, self.rec
+        if isinstance(error, (AgentFailed, EditRejected)):
+            if spent := getattr(error, "proposal", None):  # a failed attempt still costs tokens
+                (lab.run_dir(rec.n) / "agent.log").write_text(spent.transcript)
+                rec.cost_usd, rec.tokens_in, rec.tokens_out = spent.cost_usd, spent.tokens_in, spent.tokens_out
+            rec.status, rec.reason = Status.REJECTED, str(error)
+            return Next.RECORD
+        if isinstance(error, AgentExhausted):
+            lab.ledger.delete(rec.n)
+            shutil.rmtree(lab.run_dir(rec.n), ignore_errors=True)
+            if self.ws is lab.ws:
+                lab.ws.reset(rec.parent)
+            rec.reason = str(error)
+            return Next.DROP
+        if error is not None:
+            raise error
+        lab.ledger.save(rec)
+        self.pending = 1
+        return Next.RUN
+
+    # -- run ----------------------------------------------------------------------------------------------
+    def on_best(self) -> Next:
+        """Before its first run: put the trial on the current best (RECORD when it was discarded instead)."""
+        rec, best = self.rec, self.lab.best()
+        if self.tree.head() != rec.commit_sha:  # resumed, or its worktree was reused
+            self.tree.reset(rec.commit_sha)
+        return Next.RUN if rec.parent == best.commit_sha or self.rebase() else Next.RECORD
+
+    def job(self, slot: int) -> tuple[Job, int]:
+        """Its next run (a lost one again first) on `slot`, with the editable files by value for remote workers."""
+        rec, lab = self.rec, self.lab
+        if self.retry:
+            k = self.retry.pop(0)
+        else:
+            k, self.next_k, self.pending = self.next_k, self.next_k + 1, self.pending - 1
+        attempt = self.lost.get(k, 0)
+        job = lab.job(rec, self.tree, k, attempt, slot, self.budget_s)
+        lab.ledger.run_started(job.id, rec.n, k, attempt, slot)
+        if not rec.runs and self.running == 0 and not attempt:
+            lab.notify(Event.RUN, rec)
+        self.running += 1
+        return job, k
+
+    def ran(self, k: int, out: RunOutcome) -> Next:
+        rec, lab, name = self.rec, self.lab, self.lab.cfg.metric.name
+        self.running -= 1
+        lab.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
+                                out.hardware, out.host)
+        rec.seconds += out.seconds
+        if out.hardware and out.hardware not in rec.hardware.split("; "):
+            rec.hardware = "; ".join(filter(None, [rec.hardware, out.hardware]))
+        if out.status == Status.LOST:
+            self.lost[k] = self.lost.get(k, 0) + 1
+            if self.lost[k] <= LOST_RETRIES:
+                lab.notify(Event.LOST, rec)
+                self.retry.append(k)
+                return Next.RUN
+        if out.status is None and (why := self._unpaired(out)):
+            out.status, out.reason = Status.INVALID, why
+        if out.status is not None:
+            return self._failed(out)
+        done = len(rec.runs)  # the running mean of every metric over the trial's runs
+        rec.metrics = {m: (rec.metrics.get(m, v) * done + v) / (done + 1) for m, v in out.values.items()}
+        rec.runs.append(out.values[name])
+        if out.examples is not None:
+            self.examples.append(out.examples)
+            lab.ledger.save_examples(rec.n, k, out.examples)
+        return self.judge()
+
+    def _unpaired(self, out: RunOutcome) -> str:
+        """Per-example values that cannot be paired with the baseline's: the trial cannot be judged fairly."""
+        return per_example.mismatch(self.lab.examples(0), out.examples)
+
+    def _failed(self, out: RunOutcome) -> Next:
+        rec = self.rec
+        assert out.status is not None, "only a failed run gets here"
+        rec.status, rec.reason = out.status, out.reason
+        if out.status == Status.LOST:
+            rec.reason = f"lost {LOST_RETRIES + 1} times ({out.reason})"
+        return Next.RECORD
+
+    # -- decide -------------------------------------------------------------------------------------------
+    def judge(self) -> Next:
+        """Keep, discard, or run again: against the best as it is when this run ended."""
+        lab, rec, best = self.lab, self.rec, self.lab.best()
+        assert best.metric is not None, "the best always has its value"
+        mine, theirs = per_example.average(self.examples), lab.examples(best.n)
+        eval_se = per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
+        d = decide(lab.cfg.primary, rec.runs, best.metric, lab.noise(), lab.cfg.keep, distinct(best.runs) or None,
+                   eval_se)
+        if d.verdict == Verdict.CONFIRM:
+            lab.notify(Event.CONFIRM, rec)
+            self.pending += 1
+            return Next.RUN
+        rec.metric, rec.delta = d.value, d.value - best.metric
+        if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha:  # the best moved on while it ran
+            return Next.RUN if self.rebase() else Next.RECORD
+        rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
+        return Next.RECORD
+
+    def rebase(self) -> bool:
+        """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""
+        lab, rec, best = self.lab, self.rec, self.lab.best()
+        new = None if self.rebases >= MAX_REBASES else self._reapply(best)
+        if new is None:
+            why = ("the best moved on while it ran" if self.rebases >= MAX_REBASES
+                   else "its change no longer applies to the best")
+            rec.status, rec.reason = Status.DISCARD, f"stale: {why} (trial {best.n})"
+            return False
+        self.rebases += 1
+        rec.parent, rec.commit_sha, rec.reason = best.commit_sha, new, f"rebased onto trial {best.n}"
+        rec.runs, rec.metrics, rec.metric, rec.delta, self.examples = [], {}, None, None, []
+        lab.ledger.forget_examples(rec.n)
+        self.pending = 1
+        (lab.run_dir(rec.n) / "diff.patch").write_text(self.tree.patch(new))
+        lab.ledger.save(rec)
+        lab.notify(Event.REBASE, rec)
+        return True
+
+    def _reapply(self, best: TrialRecord) -> str | None:
+        """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already).
+
+        An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not
+        a diff) is asked again on the new best; any other trial's commit is cherry-picked.
+        """
+        rec, ws, told = self.rec, self.tree, self.rec.description
+        if not capable(self.lab.agent, "reproposes"):
+            return ws.rebase(rec.commit_sha, best.commit_sha)
+        ws.reset(best.commit_sha)
+        try:
+            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws)), told)  # described against the new best
+        except (AgentFailed, EditRejected):
+            rec.description = told
+            ws.reset(best.commit_sha)
+            return None
+
+    def _commit(self, proposal: Proposal, untold: str) -> str:
+        """The agent's edits, checked, as the trial's commit; the description's first line names it."""
+        self.rec.description = (proposal.description.strip().splitlines() or [untold])[0][:400]
+        files = self.tree.verify_edits()  # a rejected trial keeps its description
+        return self.tree.commit(f"trial {self.rec.n}: {self.rec.description}\n\nstatus: running", files)
+
+    # -- record -------------------------------------------------------------------------------------------
+    def record(self) -> None:
+        """Its outcome in the commit message, the ledger, results.tsv and the agent; a keep moves the branch."""
+        lab, rec = self.lab, self.rec
+        rec.finished = time.time()
+        if rec.commit_sha:
+            if rec.status != Status.BASELINE:  # the baseline's commit is the user's own
+                rec.commit_sha = self.tree.amend(commit_message(rec, lab.best(), lab.noise(), lab.cfg.metric.name))
+            lab.ws.mark(rec.n, rec.commit_sha)
+        if rec.status in (Status.KEEP, Status.BASELINE):
+            lab.ws.reset(rec.commit_sha)  # the branch moves to the new best
+        elif self.ws is lab.ws:
+            lab.ws.reset(lab.best().commit_sha)
+        lab.ledger.save(rec)
+        write_tsv(lab.ledger.trials(), lab.cfg.metric.name, lab.state_dir / "results.tsv")
+        lab.agent.observe(rec.n, Status(rec.status), rec.metric)
+        lab.notify(Event.DONE, rec)
+
