@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -279,39 +278,3 @@ class Ledger:
 def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
     """The last baseline or keep of `trials` (every keep beats the best before it)."""
     return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
-
-
-TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware"]
-
-
-def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
-    """Karpathy's five columns first (commit, metric, memory_gb, status, description), then extras."""
-    head = ["commit", metric_name, "memory_gb", "status", "description", *TSV_EXTRAS]
-    lines = ["\t".join(head)]
-    for t in trials:
-        mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
-        cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
-                 str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or ""]
-        lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-
-
-def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.6g}"
-
-
-def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, metric_name: str) -> str:
-    """A finished trial's commit message: its result against the best before it, and how it ended, so that
-    `git log` of the branch tells the story even without the ledger (users and tests read this format)."""
-    pm = f" ± {noise:.5g}" if noise else ""
-    value = f"{rec.metric:.5f}{pm}" if rec.metric is not None else "—"
-    lines = [f"trial {rec.n}: {rec.description}", "", f"{metric_name}: {value} (best {best.metric:.5f}{pm})"]
-    if rec.delta is not None:
-        lines.append(f"delta: {rec.delta:+.5f}")
-    lines.append(f"status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
-    if rec.phase:
-        lines.append(f"phase: {rec.phase}")
-    return "\n".join(lines)

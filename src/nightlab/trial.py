@@ -19,8 +19,9 @@ from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
 from nightlab.executors import Job
 from nightlab.lab import Lab
-from nightlab.ledger import TrialRecord, commit_message, write_tsv
+from nightlab.ledger import TrialRecord
 from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
+from nightlab.views import commit_message, write_tsv
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
