@@ -309,8 +309,6 @@ def test_a_winner_that_no_longer_applies_to_the_new_best_is_discarded_as_stale(t
     assert "A = 0.1" in lab.git("show", f"nightlab/{TAG}:train.py")
 
 
-@pytest.mark.xfail(strict=True, reason="a conflicting rebase resets the worktree to the best, and finish() then "
-                                       "amends the best's commit: the stale trial's ref holds the best's code")
 def test_a_stale_trial_keeps_its_own_change_in_its_commit(tmp_path: Path) -> None:
     lab = race(tmp_path, {1: {"A": 0.1}, 2: {"A": 0.2}})
     rows = lab.trials()

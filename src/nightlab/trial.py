@@ -183,6 +183,7 @@ class Trial:
             why = ("the best moved on while it ran" if self.rebases >= MAX_REBASES
                    else "its change no longer applies to the best")
             rec.status, rec.reason = Status.DISCARD, f"stale: {why} (trial {best.n})"
+            self.tree.reset(rec.commit_sha)  # its commit keeps its own change, not the best's
             return False
         self.rebases += 1
         rec.parent, rec.commit_sha, rec.reason = best.commit_sha, new, f"rebased onto trial {best.n}"
