@@ -18,8 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
+from rtkit import FORK_BOMB, SECRET, attack, sandbox_config
+
 from nlkit import CLI, make_project
-from rtkit import FORK_BOMB, SECRET, attack, host_pids_with, sandbox_config
+from prockit import host_pids_with
 
 ESCAPES = '''
 import ctypes, subprocess

@@ -11,8 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
+from rtkit import EPILOGUE, FORK_BOMB, PRELUDE, attack, sandbox_config
+
 from nlkit import idea, make_project, sub
-from rtkit import EPILOGUE, FORK_BOMB, PRELUDE, attack, host_pids_with, sandbox_config
+from prockit import host_pids_with
 
 
 def test_fork_bomb_is_contained(tmp_path: Path) -> None:
