@@ -8,8 +8,6 @@ commits as itself.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import importlib.util
 import json
 import os
 import pty
@@ -151,41 +149,6 @@ def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
 CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
 
 
-def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]]):
-    """Copy a bundled example into tmp_path/name with `nightlab init --example`, replace each `old` text
-    of its nightlab.toml (which must be there) by `new` and commit that; returns `nl(*args)`, which runs
-    the real CLI in the copy and asserts exit code 0."""
-    env = isolated_env(tmp_path / "home") | {"COLUMNS": "200"}
-    dest = tmp_path / name
-
-    def nl(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*CLI, *args], cwd=dest if dest.exists() else tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"nightlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    nl("init", str(dest), "--example", name)
-    toml = (dest / "nightlab.toml").read_text()
-    for old, new in config_edits:
-        assert old in toml, old
-        toml = toml.replace(old, new)
-    (dest / "nightlab.toml").write_text(toml)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a quick config", cwd=dest, env=env)
-    return nl
-
-
-def one_optuna_trial(nl) -> list[dict]:
-    """`nightlab run --max-trials 1` (a baseline, then one optuna trial) through `nl` from example_cli,
-    at a budget of 8 s; checks the two ledger rows every example must produce and returns the ledger."""
-    nl("run", "--tag", "t", "--max-trials", "1", "--budget", "8")
-    log = json.loads(nl("log", "--tag", "t", "--json").stdout)
-    assert [t["n"] for t in log] == [0, 1] and log[0]["status"] == "baseline"
-    assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
-    assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
-    return log
-
-
-
 def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, lines: int = 40,
            timeout: float = 60) -> tuple[int, str]:
     """Run a command on a real pseudo-terminal of the given size (as a user's terminal or tmux pane is);
@@ -292,6 +255,10 @@ class Project:
             r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
         return rows
 
+    def runs(self, tag: str = "t") -> list[dict]:
+        """The runs table, in the order the runs started."""
+        return self.rows("SELECT * FROM runs ORDER BY started", tag)
+
     def trial(self, n: int, tag: str = "t") -> dict:
         return next(r for r in self.ledger(tag) if r["n"] == n)
 
@@ -321,7 +288,8 @@ def make_project(root: Path, train: str = TRAIN, config: dict | None = None, fil
         proj.write(name, text)
     proj.commit_all("initial project")
     # the scripted agent needs a queue even when no trial will use it (e.g. --max-trials 0)
-    proj.ideas(*(ideas if ideas is not None else [idea("placeholder: only take notes", content("notes\n", "scratchpad.md"))]))
+    placeholder = idea("placeholder: only take notes", content("notes\n", "scratchpad.md"))
+    proj.ideas(*(ideas if ideas is not None else [placeholder]))
     return proj
 
 
@@ -338,76 +306,55 @@ def commit_message(proj: Project, ref: str) -> str:
     return proj.git("log", "-1", "--format=%B", ref)
 
 
-# -- the bundled examples ----------------------------------------------------------------------------------
-# A trial's view of the data, printed as metric lines: which split files it can read, and whether
-# prepare.load_split("select") can load the select split. (A masked path may still "exist" as an
-# empty directory, as the bwrap sandbox masks it; what counts is that nothing can be read there.)
-PROBE = '''import os
-from prepare import load_split
-print("val_loss: 1.0")  # the quickstart's metric and constraint; the retrieval example's metric:
-print("val_mean_rank: 1.0")
-print("peak_memory_gb: 0.01")
-for name in ("train", "val", "test", "select"):
-    try:
-        with open(os.path.join("data", name + ".npz"), "rb") as f:
-            readable = len(f.read(4)) == 4
-    except OSError:
-        readable = False
-    print(f"{name}_readable: {int(readable)}")
-try:
-    load_split("select")
-    print("select_loaded: 1")
-except Exception as e:
-    print("select_loaded: 0")
-    print(f"({type(e).__name__}: {e})")
+# -- parallel slots: a slow training script and the invariants every parallel session keeps -----------------
+PARALLEL_TRAIN = '''"""A tiny training script whose runs take SLEEP seconds (or wait while HOLD exists)."""
+import os
+import time
+
+LR = 0.1
+
+# a spacer, so changes to LR and BONUS do not touch
+
+BONUS = 0.0
+
+# another spacer
+
+SLEEP = 0.4
+
+HOLD = ""
+
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "pid"), "w") as f:
+    f.write(str(os.getpid()))
+while HOLD and os.path.exists(HOLD):
+    time.sleep(0.05)
+time.sleep(SLEEP)
+print("gpus:", os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
+print(f"val_loss: {1.0 + (LR - 0.3) ** 2 - BONUS:.6f}")
+print("peak_memory_gb: 0.1")
 '''
 
 
-def digest(path: Path) -> str:
-    """A split file's digest: the name, dtype, shape and bytes of each array in the .npz."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    with np.load(path) as f:
-        for key in sorted(f.files):
-            a = f[key]
-            h.update(f"{key}:{a.dtype}:{a.shape};".encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+def parallel_project(tmp_path: Path, *ideas: dict, config: dict | None = None, train: str = PARALLEL_TRAIN) -> Project:
+    """A project of PARALLEL_TRAIN with `ideas` queued and committed."""
+    proj = make_project(tmp_path, train=train, config=config)
+    proj.ideas(*ideas)
+    proj.commit_all("ideas")
+    return proj
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def check_per_example(metrics: dict, name: str, n: int, weighted: bool = False):
-    """metrics.json's per-example values of `name`: n of them, finite, and the metric is their (weighted) mean."""
-    import numpy as np
-    import pytest
-
-    values = np.asarray(metrics["per_example"][name], dtype=np.float64)
-    assert values.shape == (n,) and np.isfinite(values).all()
-    if weighted:
-        weights = np.asarray(metrics["per_example_weight"][name], dtype=np.float64)
-        assert weights.shape == (n,) and (weights > 0).all()
-        mean = float((weights * values).sum() / weights.sum())
-    else:
-        assert name not in metrics.get("per_example_weight", {})
-        mean = float(values.mean())
-    assert mean == pytest.approx(metrics[name], rel=1e-9)
-    return values
-
-
-def summary(stdout: str) -> dict[str, float]:
-    """The `name: value` lines of a run's output."""
-    return {k: float(v) for k, v in re.findall(r"^(\w+):\s+(\S+)\s*$", stdout, re.MULTILINE)}
-
-
-def trial_visibility(nl, dest: Path) -> dict[str, float]:
-    """What `nightlab trial` (the project's sandbox) shows a run of PROBE in the example copied to dest."""
-    (dest / "probe.py").write_text(PROBE)
-    out = nl("trial").stdout
-    return {k: float(v) for k, v in re.findall(r"^\s+(\w+): (\S+)", out, re.MULTILINE)}
+def check_consistent(proj: Project) -> list[dict]:
+    """Every trial once and finished, every trial ref at its commit, the branch a chain of keeps ending at the best."""
+    rows = proj.ledger()
+    assert [r["n"] for r in rows] == list(range(len(rows)))
+    assert all(r["status"] != "running" for r in rows)
+    refs = dict(line.split() for line in proj.git("for-each-ref", "--format=%(refname) %(objectname)",
+                                                  "refs/nightlab/t/").splitlines())
+    committed = [r for r in rows if r["commit_sha"]]
+    assert {f"refs/nightlab/t/trial-{r['n']}": r["commit_sha"] for r in committed} == refs
+    chain = [r for r in rows if r["status"] in ("baseline", "keep")]
+    assert proj.git("rev-parse", "nightlab/t") == chain[-1]["commit_sha"]
+    for before, after in zip(chain, chain[1:]):
+        assert proj.git("rev-parse", f"{after['commit_sha']}^") == before["commit_sha"]
+        assert after["parent"] == before["commit_sha"]
+    assert proj.git("status", "--porcelain") == ""  # the user's checkout is untouched
+    return rows

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, ROOT, check_per_example, git, isolated_env
-from test_examples import CORPUS_SHA256, SPLIT_SHA256, check_bpb_evaluation, sha256
+from examplekit import CORPUS_SHA256, SPLIT_SHA256, check_bpb_evaluation, check_per_example, sha256
+from nlkit import CLI, ROOT, git, isolated_env
 
 GPT_CUDA = ROOT / "examples" / "gpt-cuda"
 DEVICE_SCRIPT = ROOT / "benchmarks" / "gpt_cuda_device.sh"

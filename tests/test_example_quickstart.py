@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlkit import ROOT, check_per_example, digest, example_cli, isolated_env, load_module, summary, trial_visibility
+from examplekit import check_per_example, digest, example_cli, load_module, summary, trial_visibility
+from nlkit import ROOT, isolated_env
 
 QUICKSTART = ROOT / "examples" / "quickstart"
 EXAMPLES = ("quickstart", "retrieval", "tinylm", "gpt-cuda")

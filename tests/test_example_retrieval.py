@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlkit import (
-    ROOT,
-    check_per_example,
-    digest,
-    example_cli,
-    isolated_env,
-    one_optuna_trial,
-    summary,
-    trial_visibility,
-)
+from examplekit import check_per_example, digest, example_cli, one_optuna_trial, summary, trial_visibility
+from nlkit import ROOT, isolated_env
 
 RETRIEVAL = ROOT / "examples" / "retrieval"
 # Digests of the generated arrays (name, dtype, shape and bytes of each, in name order): a change

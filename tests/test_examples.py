@@ -9,8 +9,6 @@ baseline and one optuna trial).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import lzma
 import subprocess
@@ -19,20 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import ROOT, check_per_example, example_cli, one_optuna_trial, summary
+from examplekit import (
+    CORPUS_SHA256,
+    SPLIT_SHA256,
+    TINYLM,
+    check_bpb_evaluation,
+    check_per_example,
+    example_cli,
+    one_optuna_trial,
+    sha256,
+    summary,
+)
 
-TINYLM = ROOT / "examples" / "tinylm"
-CORPUS_SHA256 = "735c721b7086a6f111d7484b219ec4bda8c8c77e1e79ca6123498e6ed47fe848"  # as build_corpus.py printed it
 CORPUS_TEXT_BYTES = 6_623_170
-SPLIT_SHA256 = {
-    "train": "085daddf4efd5590d7e0ad879afc454c14d07fe9c6c782541f240f8255f0632f",
-    "val": "6b24dd5f8d1504bcda7d217b008d14a8952d10ff0ce0407811a32d842ee5f830",
-    "test": "4ceecce1f07d451f219a84fff1799a369c9e7dd5bddbd4a7df90ae6b46c16c28",
-}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_tinylm_corpus_is_intact_and_small() -> None:
@@ -65,29 +62,6 @@ def test_tinylm_prepare_is_deterministic_and_refuses_a_changed_corpus(tmp_path: 
     (corrupt / "corpus.txt.xz").write_bytes(bytes(blob))
     proc = subprocess.run([sys.executable, "prepare.py"], cwd=corrupt, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "sha256" in proc.stderr and not (corrupt / "data").exists()
-
-
-def check_bpb_evaluation(example: Path, cwd: Path, windows: int, window_bytes: int,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """An example's evaluate_bpb, on the prepared data in cwd, with a small fixed byte model: each
-    window's bpb weighted by its byte count averages to val_bpb, and write_metrics hands both over."""
-    torch = pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location(f"{example.name}_prepare", example / "prepare.py")
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("NIGHTLAB_RUN_DIR", str(cwd))
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(256, 8), torch.nn.Linear(8, 256))  # a bigram model
-    res = prep.evaluate_bpb(model)
-    prep.write_metrics(res)
-    metrics = json.loads((cwd / "metrics.json").read_text())
-    bpb = check_per_example(metrics, "val_bpb", windows, weighted=True)
-    assert metrics["per_example_weight"]["val_bpb"] == [float(window_bytes)] * windows
-    assert metrics["val_bpb"] == res["val_bpb"] and 6.0 < res["val_bpb"] < 10.0  # an untrained model: near 8 bits
-    assert bpb.std() > 0.01  # the windows differ: per-window values, not one number repeated
-    # the metric is the summed nats over the summed bytes: the windows' mean here, as all are full
-    assert res["val_bpb"] == pytest.approx(bpb.mean(), rel=1e-12)
 
 
 def test_tinylm_evaluation_reports_every_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

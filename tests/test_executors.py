@@ -1,5 +1,8 @@
 """The Executor contract, one suite run against every executor (local slots, a real Ray cluster on loopback).
 
+The contract runs against `local` wherever the suite runs; its `ray` half, and the tests of Ray alone, skip
+one by one (saying so) where Ray is not installed.
+
 The Ray cluster is started once for the module by nightlab's own LocalCluster in a child process (so its
 processes are exactly the descendants of that child, the only ones a test may signal); the executors under
 test connect to it through `[executor] ray_address`. HOME is a temp dir for the whole module.
@@ -7,31 +10,42 @@ test connect to it through `[executor] ray_address`. HOME is a temp dir for the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from nightlab.config import Config, load
-from nightlab.executors import Job, load_executor
-from nightlab.executors import transfer
+from nightlab.executors import Job, load_executor, transfer
 from nightlab.executors.transfer import short_tmp
 from nightlab.runspec import run_spec
 from nightlab.types import RunOutcome, Status
-from nlkit import BASE_LOSS, CLI, TRAIN, Project, idea, isolated_env, make_project, one_line_error, sub
-from test_parallel import TRAIN as PARALLEL_TRAIN
-from test_parallel import check_consistent
-from test_parallel import project as parallel_project
-from test_parallel import runs as parallel_runs
+from nlkit import (
+    BASE_LOSS,
+    CLI,
+    PARALLEL_TRAIN,
+    TRAIN,
+    Project,
+    check_consistent,
+    idea,
+    isolated_env,
+    make_project,
+    one_line_error,
+    parallel_project,
+    sub,
+)
+from prockit import descendants, holders, procs, running, wait_for
 
-pytest.importorskip("ray")
+# The contract runs against `local` everywhere; what needs Ray skips, one test at a time, where it is missing.
+NO_RAY = "Ray is not installed here (pip install 'nightlab[ray]')"
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason=NO_RAY)
 
 HOST = """
 import sys
@@ -53,6 +67,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("ray", reason=NO_RAY)
     home = tmp_path_factory.mktemp("rayhome")
     env = isolated_env(home)
     host = subprocess.Popen([sys.executable, "-c", HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
@@ -126,46 +141,6 @@ def sleepy(seconds: float, extra: str = "") -> str:
     return SLEEPY.replace("# knobs", f"# knobs\nSLEEP = {seconds}\n{extra}")
 
 
-def procs() -> dict[int, tuple[int, str]]:
-    """pid → (parent pid, command line) of every process now."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            out[int(d.name)] = (ppid, (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, IndexError, ValueError):
-            pass  # gone meanwhile
-    return out
-
-
-def descendants(pid: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        kids = [p for p, (pp, _) in table.items() if pp == parent]
-        found += kids
-        todo += kids
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(check, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # -- the contract ---------------------------------------------------------------------------------------------
 def test_an_ok_run_returns_its_metrics_and_hardware(tmp_path: Path, executors) -> None:
     proj, cfg = project(tmp_path)
@@ -181,7 +156,8 @@ def test_an_ok_run_returns_its_metrics_and_hardware(tmp_path: Path, executors) -
 def test_failed_runs_come_back_with_their_status(tmp_path: Path, executors) -> None:
     proj, cfg = project(tmp_path, run={"timeout_s": 2})
     ex = executors(cfg, slots=3)
-    jobs = {Status.CRASH: job(cfg, proj, "crash", TRAIN.replace("seed = int", "raise RuntimeError('boom')\nseed = int")),
+    crash = TRAIN.replace("seed = int", "raise RuntimeError('boom')\nseed = int")
+    jobs = {Status.CRASH: job(cfg, proj, "crash", crash),
             Status.TIMEOUT: job(cfg, proj, "timeout", sleepy(30)),
             Status.INVALID: job(cfg, proj, "invalid", TRAIN.replace("MEMORY = 0.1", "MEMORY = 5.0"))}
     futures = {status: ex.submit(j) for status, j in jobs.items()}  # three slots: all at once
@@ -277,7 +253,8 @@ def test_run_files_travel_smallest_first_a_big_log_as_its_tail_and_never_through
     (worker / "run.log").write_bytes(b"x" * 150 + b"y" * 100)
     files = transfer.collect(worker)
     assert files["sub/a.txt"] == b"a" * 50 and files["run.log"] == b"y" * 100 and "b.bin" not in files
-    assert "b.bin: " in files["skipped-files.txt"].decode() and "run.log: only its last" in files["skipped-files.txt"].decode()
+    skipped = files["skipped-files.txt"].decode()
+    assert "b.bin: " in skipped and "run.log: only its last" in skipped
     outside = tmp_path / "outside"
     outside.mkdir()
     driver = tmp_path / "driver"
@@ -350,6 +327,7 @@ def test_without_ray_installed_the_cli_names_the_extra(tmp_path: Path) -> None:
 
 # -- `nightlab run` on Ray, end to end ------------------------------------------------------------------------
 @pytest.mark.slow
+@needs_ray
 def test_nightlab_run_on_a_ray_cluster_it_starts_records_every_trial_once(tmp_path: Path) -> None:
     ideas = [idea("lr 0.2", sub("LR = 0.1", "LR = 0.2")), idea("bonus", sub("BONUS = 0.0", "BONUS = 0.05")),
              idea("slower", sub("SLEEP = 0.4", "SLEEP = 0.6")), idea("reword", sub("# another", "# one more"))]
@@ -360,7 +338,7 @@ def test_nightlab_run_on_a_ray_cluster_it_starts_records_every_trial_once(tmp_pa
     assert all(r["status"] in ("baseline", "keep", "discard") for r in rows), [r["reason"] for r in rows]
     tip = next(r for r in rows if r["commit_sha"] == proj.git("rev-parse", "nightlab/t"))
     assert tip["metric"] == min(r["metric"] for r in rows) and tip["status"] == "keep"
-    done = [r for r in parallel_runs(proj) if r["trial"] > 0]
+    done = [r for r in proj.runs() if r["trial"] > 0]
     assert {r["status"] for r in done} == {"ok"} and {r["slot"] for r in done} == {0, 1}
     assert all((proj.state() / "runs" / str(n) / "run.log").is_file() for n in range(5))  # came back by value
     assert not (proj.home / ".ray").exists() and leftovers(tmp_path) == []
@@ -382,26 +360,12 @@ def test_a_run_whose_ray_worker_dies_is_retried_and_the_trial_finishes(tmp_path:
     assert marker.exists()
     rows = check_consistent(proj)
     assert [(r["n"], r["status"]) for r in rows] == [(0, "baseline"), (1, "keep")]
-    attempts = [(r["attempt"], r["status"]) for r in parallel_runs(proj) if r["trial"] == 1]
+    attempts = [(r["attempt"], r["status"]) for r in proj.runs() if r["trial"] == 1]
     assert attempts == [(0, "lost"), (1, "ok")]
-    lost = next(r for r in parallel_runs(proj) if r["trial"] == 1 and r["status"] == "lost")
+    lost = next(r for r in proj.runs() if r["trial"] == 1 and r["status"] == "lost")
     assert "worker died" in lost["reason"]
     kept = {p.name for p in (proj.state() / "runs" / "1").iterdir()}  # the retry cleared only the lost run's files
     assert {"brief.md", "agent.log", "diff.patch", "run.log", "metrics.json"} <= kept
-
-
-def holders(prefix: str, cwd_under: Path | None = None) -> list[int]:
-    """Live processes holding files open under `prefix` (and working in `cwd_under`, if given)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or (cwd_under and not Path(os.readlink(proc / "cwd")).is_relative_to(cwd_under)):
-                continue
-            if any(os.readlink(fd).startswith(prefix) for fd in (proc / "fd").iterdir()):
-                found.append(int(proc.name))
-        except OSError:
-            pass  # gone meanwhile
-    return [p for p in found if running(p)]
 
 
 def leftovers(under: Path) -> list[int]:
@@ -410,6 +374,7 @@ def leftovers(under: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@needs_ray
 def test_nightlab_killed_mid_run_on_ray_leaves_nothing_running_once_resumed(tmp_path: Path) -> None:
     hold = tmp_path / "hold"  # the process backend: runs see it, and wait while it exists
     train = PARALLEL_TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"')

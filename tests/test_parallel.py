@@ -1,7 +1,8 @@
 """Parallel trials on local slots, and pipelining on one slot: real CLI, real git, real ledger.
 
-The training script's knobs sit on lines far apart, so git can re-apply one change on top of another
-(rebase) unless both touch the same knob (a conflict: the trial is discarded as stale).
+The training script (nlkit.PARALLEL_TRAIN) keeps its knobs on lines far apart, so git can re-apply one
+change on top of another (rebase) unless both touch the same knob (a conflict: the trial is discarded
+as stale).
 """
 
 from __future__ import annotations
@@ -14,85 +15,30 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, Project, content, idea, make_project, one_line_error, sub
-
-TRAIN = '''"""A tiny training script whose runs take SLEEP seconds (or wait while HOLD exists)."""
-import os
-import time
-
-LR = 0.1
-
-# a spacer, so changes to LR and BONUS do not touch
-
-BONUS = 0.0
-
-# another spacer
-
-SLEEP = 0.4
-
-HOLD = ""
-
-with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "pid"), "w") as f:
-    f.write(str(os.getpid()))
-while HOLD and os.path.exists(HOLD):
-    time.sleep(0.05)
-time.sleep(SLEEP)
-print("gpus:", os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
-print(f"val_loss: {1.0 + (LR - 0.3) ** 2 - BONUS:.6f}")
-print("peak_memory_gb: 0.1")
-'''
-
-
-def project(tmp_path: Path, *ideas: dict, config: dict | None = None, train: str = TRAIN) -> Project:
-    proj = make_project(tmp_path, train=train, config=config)
-    proj.ideas(*ideas)
-    proj.commit_all("ideas")
-    return proj
-
-
-def check_consistent(proj: Project) -> list[dict]:
-    """Every trial once and finished, every trial ref at its commit, the branch a chain of keeps ending at the best."""
-    rows = proj.ledger()
-    assert [r["n"] for r in rows] == list(range(len(rows)))
-    assert all(r["status"] != "running" for r in rows)
-    refs = dict(line.split() for line in proj.git("for-each-ref", "--format=%(refname) %(objectname)",
-                                                  "refs/nightlab/t/").splitlines())
-    committed = [r for r in rows if r["commit_sha"]]
-    assert {f"refs/nightlab/t/trial-{r['n']}": r["commit_sha"] for r in committed} == refs
-    chain = [r for r in rows if r["status"] in ("baseline", "keep")]
-    assert proj.git("rev-parse", "nightlab/t") == chain[-1]["commit_sha"]
-    for before, after in zip(chain, chain[1:]):
-        assert proj.git("rev-parse", f"{after['commit_sha']}^") == before["commit_sha"]
-        assert after["parent"] == before["commit_sha"]
-    assert proj.git("status", "--porcelain") == ""  # the user's checkout is untouched
-    return rows
-
-
-def runs(proj: Project) -> list[dict]:
-    return proj.rows("SELECT * FROM runs ORDER BY started")
+from nlkit import CLI, PARALLEL_TRAIN, Project, check_consistent, content, idea, one_line_error, parallel_project, sub
 
 
 def test_two_slots_run_trials_at_once_and_keep_git_and_ledger_consistent(tmp_path: Path) -> None:
     ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12, 0.25, 0.35, 0.05)]
-    proj = project(tmp_path, *ideas)
+    proj = parallel_project(tmp_path, *ideas)
     proj.run("--max-trials", "6", "--slots", "2", timeout=120)
     rows = check_consistent(proj)
     # every trial that ran says where (one proposed before a keep may end stale without running, by timing)
     assert len(rows) == 7 and {r["hardware"] for r in rows if r["runs"]} == {"cpu"}
-    done = [r for r in runs(proj) if r["trial"] > 0]
+    done = [r for r in proj.runs() if r["trial"] > 0]
     assert {r["slot"] for r in done} == {0, 1}
     overlapped = any(a["started"] < b["finished"] and b["started"] < a["finished"]
                      for a in done for b in done if a["slot"] != b["slot"])
     assert overlapped, "two slots never ran at the same time"
     slots = proj.status_json()["slots"]
     assert [s["slot"] for s in slots] == [0, 1] and all(s["trial"] is None and s["runs"] >= 1 for s in slots)
-    assert sum(s["runs"] for s in slots) == len(runs(proj))
+    assert sum(s["runs"] for s in slots) == len(proj.runs())
     assert "<h2>Slots</h2>" in (proj.state() / "report.html").read_text()
     assert "slots" in proj.nl("status", "--tag", "t").stdout
 
 
 def test_a_winner_whose_parent_moved_is_rebased_and_a_conflicting_one_is_discarded(tmp_path: Path) -> None:
-    proj = project(
+    proj = parallel_project(
         tmp_path,
         idea("lr 0.3", sub("LR = 0.1", "LR = 0.3")),  # quick: kept first
         idea("bonus, slow", sub("BONUS = 0.0", "BONUS = 0.1"), sub("SLEEP = 0.4", "SLEEP = 2.0")),
@@ -111,7 +57,7 @@ def test_a_winner_whose_parent_moved_is_rebased_and_a_conflicting_one_is_discard
 
 
 def test_pipelining_proposes_the_next_trial_while_one_trains_and_rebases_it_after_a_keep(tmp_path: Path) -> None:
-    proj = project(
+    proj = parallel_project(
         tmp_path,
         idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5")),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1")),
@@ -123,17 +69,17 @@ def test_pipelining_proposes_the_next_trial_while_one_trains_and_rebases_it_afte
     assert [r["status"] for r in rows] == ["baseline", "keep", "keep", "discard"]
     assert rows[2]["reason"] == "rebased onto trial 1"
     assert rows[3]["reason"].startswith("stale")  # written on trial 1, but trial 2 changed the same line
-    assert len([r for r in runs(proj) if r["trial"] == 2]) == 1  # rebased before it ran: one run, not two
-    assert {r["slot"] for r in runs(proj)} == {0}
+    assert len([r for r in proj.runs() if r["trial"] == 2]) == 1  # rebased before it ran: one run, not two
+    assert {r["slot"] for r in proj.runs()} == {0}
 
 
 def test_each_slot_gets_its_own_gpus(tmp_path: Path) -> None:
     config = {"sandbox": {"backend": "process", "gpus": "0,1,2,3"}, "executor": {"gpus_per_trial": 2}}
     ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12)]
-    proj = project(tmp_path, *ideas, config=config)
+    proj = parallel_project(tmp_path, *ideas, config=config)
     proj.run("--max-trials", "3", "--slots", "2", timeout=120)
     check_consistent(proj)
-    for run in runs(proj):
+    for run in proj.runs():
         k = run["k"]
         log = proj.state() / "runs" / str(run["trial"]) / (f"repeat-{k}" if k else "") / "run.log"
         assert f"gpus: {['0,1', '2,3'][run['slot']]}" in log.read_text()
@@ -146,9 +92,9 @@ def test_each_slot_gets_its_own_gpus(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stopped_with_two_trials_in_flight_both_runs_die_and_resume_counts_each_once(tmp_path: Path, sig) -> None:
     hold = tmp_path / "hold"
-    train = TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"')
+    train = PARALLEL_TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"')
     ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12)]
-    proj = project(tmp_path, *ideas, train=train)
+    proj = parallel_project(tmp_path, *ideas, train=train)
     proj.run("--max-trials", "0", timeout=60)  # the baseline, before the runs start to wait
     hold.touch()
     proc = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "3", "--slots", "2"], cwd=proj.dir,
@@ -173,12 +119,12 @@ def test_stopped_with_two_trials_in_flight_both_runs_die_and_resume_counts_each_
     proj.run("--max-trials", "3", "--slots", "2", timeout=120)
     rows = check_consistent(proj)
     assert [r["n"] for r in rows] == [0, 1, 2, 3]
-    assert {r["status"] for r in runs(proj) if r["trial"] in (1, 2)} >= {"interrupted", "ok"}
+    assert {r["status"] for r in proj.runs() if r["trial"] in (1, 2)} >= {"interrupted", "ok"}
 
 
 def _safe_runs(proj: Project) -> list[dict]:
     try:
-        return runs(proj)
+        return proj.runs()
     except Exception:  # the ledger may not exist yet
         return []
 
@@ -204,7 +150,7 @@ def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path
     def note(text: str) -> dict:
         return content(f"# notes\n{text}\n", "scratchpad.md")
 
-    proj = project(
+    proj = parallel_project(
         tmp_path,
         idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5"), note("LR 0.3: the optimum?")),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1"), note("a bonus helps")),
@@ -220,7 +166,7 @@ def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path
 def test_optuna_in_parallel_writes_its_point_again_on_the_new_best_instead_of_going_stale(tmp_path: Path) -> None:
     # Every optuna proposal rewrites the same constant lines, so a cherry-picked change would always conflict.
     search = {"LR": {"low": 0.05, "high": 0.5}, "BONUS": {"low": 0.0, "high": 0.2}, "SLEEP": {"choices": [0.4]}}
-    proj = project(tmp_path, config={"agent": {"name": "optuna", "search": search}})
+    proj = parallel_project(tmp_path, config={"agent": {"name": "optuna", "search": search}})
     proj.run("--max-trials", "6", "--slots", "2", "--pipeline", timeout=180)
     rows = check_consistent(proj)
     assert not [r for r in rows if r["reason"].startswith("stale")]

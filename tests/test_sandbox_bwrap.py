@@ -17,7 +17,7 @@ from nightlab.sandbox import load_sandbox, probe
 from nightlab.sandbox.bwrap import build_argv, gpu_devices
 from nightlab.types import RunSpec
 from nlkit import CLI, idea, make_project, one_line_error, sub
-from redteam.rtkit import host_pids_with
+from prockit import host_pids_with
 
 
 def _spec(tmp_path: Path, **kw) -> RunSpec:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
 console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji codes off: an error naming a plug-in path like `mod:X` shows it as written, not with an emoji for `:X:`
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 # Piped or logged, a line stays whole whatever its length (greppable); on a terminal, rich wraps and crops
 # at its width, so nothing runs past the right edge.
 console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from nightlab.errors import UsageError
+from nightlab.plugins import EXECUTORS, SANDBOXES, is_path
 from nightlab.types import Metric
 
 CONFIG_NAME = "nightlab.toml"
@@ -17,6 +19,14 @@ CONFIG_NAME = "nightlab.toml"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def plugin_name(value: str, known: list[str], role: str) -> str:
+    """A plug-in setting: one of the `known` short names, or a `module:Class` path (imported when used)."""
+    if value in known or is_path(value):
+        return value
+    # a custom error type: its message is shown as it is, without pydantic's "Value error, " before it
+    raise PydanticCustomError("plugin", f"unknown {role} {value!r} (known: {', '.join(known)}; or module:Class)")
 
 
 class ProjectConfig(Section):
@@ -86,7 +96,7 @@ class DataConfig(Section):
 
 
 class SandboxConfig(Section):
-    backend: Literal["auto", "bwrap", "docker", "podman", "process"] = "auto"
+    backend: str = "auto"  # auto, bwrap, docker, podman, process, or module:Class
     memory_gb: float = Field(24, gt=0)
     gpus: str = "all"
     max_pids: int = Field(4096, ge=0)  # processes and threads of one run (0 = no limit)
@@ -94,6 +104,11 @@ class SandboxConfig(Section):
     max_run_dir_mb: float = Field(10240, ge=0)  # a run writing more is stopped (0 = no cap)
     image: str = ""  # docker/podman: the image holding the project's Python environment
     runtime: str = ""  # docker/podman: the OCI runtime (crun, runc, ...); "" = the first that works here
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        return plugin_name(v, ["auto", *SANDBOXES], "sandbox")
 
 
 class SearchParam(Section):
@@ -143,11 +158,16 @@ class PhasesConfig(Section):
 
 
 class ExecutorConfig(Section):
-    name: Literal["local", "ray"] = "local"
+    name: str = "local"  # local, ray, or module:Class
     slots: int = Field(1, ge=1)  # runs at once; each slot gets its own gpus_per_trial GPUs
     gpus_per_trial: int = Field(0, ge=0)  # 0: every run sees [sandbox] gpus
     pipeline: bool = False  # the agent prepares the next trial while the slots train
     ray_address: str = ""  # empty: start a local Ray cluster
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return plugin_name(v, list(EXECUTORS), "executor")
 
 
 class ReportConfig(Section):

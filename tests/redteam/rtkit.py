@@ -7,7 +7,6 @@ script's own word for what did not happen.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -94,16 +93,3 @@ def attack(tmp_path: Path, body: str, files: dict[str, str] | None = None, epilo
     assert len(runs) == 1, runs
     log = (runs[0] / "run.log").read_text(errors="replace")
     return Outcome(proj, proc, runs[0], log)
-
-
-def host_pids_with(marker: str) -> list[int]:
-    """Host processes whose command line holds `marker` (a leftover of the sandbox, if any)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found

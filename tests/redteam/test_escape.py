@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from nlkit import idea, make_project, sub
-from rtkit import EPILOGUE, PRELUDE, SECRET, attack, sandbox_config
+from rtkit import EPILOGUE, PRELUDE, attack, sandbox_config
 
 
 def test_tcp_egress_is_blocked(tmp_path: Path) -> None:
@@ -72,25 +72,6 @@ def test_a_unix_socket_the_host_owns_is_unreachable(tmp_path: Path) -> None:
     assert "FileNotFoundError" in out.failed("unix")
 
 
-def test_writes_outside_the_run_dir_fail(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    body = f'''
-for name, path in [("home", {str(home / "pwned")!r}), ("project", os.path.abspath("train.py")),
-                   ("git", os.path.abspath(".git/config")), ("etc", "/etc/nightlab-pwned"),
-                   ("usr", "/usr/nightlab-pwned"), ("interpreter", os.path.join(sys.prefix, "pwned"))]:
-    attempt("write_" + name, lambda: open(path, "a").write("X" * 7))
-attempt("write_run_dir", lambda: open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "ok.txt"), "w").write("ok"))
-'''
-    out = attack(tmp_path, body)
-    for name in ("home", "project", "git", "etc", "usr", "interpreter"):
-        out.failed("write_" + name)
-    assert out.attempts()["write_run_dir"][0]
-    assert not (home / "pwned").exists() and not Path("/etc/nightlab-pwned").exists()
-    assert "XXXXXXX" not in (out.proj.dir / "train.py").read_text()
-    assert "XXXXXXX" not in (out.proj.dir / ".git" / "config").read_text()
-    assert (out.run_dir / "ok.txt").read_text() == "ok"
-
-
 def test_home_secrets_are_hidden(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
@@ -107,38 +88,6 @@ attempt("shadow", lambda: open("/etc/shadow").read() or 1 / 0)
     assert ok and ".ssh" not in listing and ".bashrc" not in listing, listing
     out.failed("shadow")  # /etc/shadow reads as empty inside
     assert "PRIVATE KEY" not in out.log
-
-
-def test_api_keys_in_the_environment_do_not_reach_the_run(tmp_path: Path) -> None:
-    out = attack(tmp_path, 'attempt("env", lambda: [k for k, v in os.environ.items() if "sk-" in v or "KEY" in k] or 1 / 0)\n')
-    out.failed("env")
-    assert SECRET not in out.log
-
-
-def test_no_process_environment_holds_a_secret(tmp_path: Path) -> None:
-    """bwrap is exec'd with an empty environment: /proc/1/environ (bwrap's init) is clean too."""
-    body = '''
-def scan():
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            for what in ("environ", "cmdline"):
-                try:
-                    data = open(f"/proc/{pid}/{what}", "rb").read()
-                except OSError:
-                    continue
-                if b"REDTEAM" in data or b"API_KEY" in data:
-                    found.append(f"{pid}/{what}")
-    return found or 1 / 0
-attempt("proc_environ", scan)
-attempt("pid1_environ", lambda: open("/proc/1/environ", "rb").read() or 1 / 0)
-attempt("pids_visible", lambda: 1 / 0 if len([p for p in os.listdir("/proc") if p.isdigit()]) < 5 else "host pids")
-'''
-    out = attack(tmp_path, body)
-    out.failed("proc_environ")
-    out.failed("pid1_environ")
-    out.failed("pids_visible")  # only the sandbox's own processes exist in its /proc
-    assert SECRET not in out.log
 
 
 def test_the_test_split_is_not_readable_in_a_trial(tmp_path: Path) -> None:

@@ -19,11 +19,9 @@ from typing import Protocol
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
 from nightlab.measure import measure
-from nightlab.plugins import plugin
+from nightlab.plugins import EXECUTORS, plugin
 from nightlab.sandbox import Sandbox
 from nightlab.types import RunOutcome, RunSpec
-
-EXECUTORS = {"local": "nightlab.executors.local:LocalExecutor", "ray": "nightlab.executors.ray:RayExecutor"}
 
 
 @dataclass
@@ -53,7 +51,8 @@ class Executor(Protocol):
 
 def load_executor(name: str, cfg: Config, sandbox: str, slots: int, **options: object) -> Executor:
     """By short name or `module:Class`; `options`: keywords only that executor takes (e.g. `inline` for local)."""
-    return plugin(name, EXECUTORS, f"unknown executor {name!r} (known: {{known}})")(cfg, sandbox, slots, **options)
+    found = plugin(name, EXECUTORS, f"unknown executor {name!r} (known: {{known}}; or module:Class)")
+    return found(cfg, sandbox, slots, **options)
 
 
 def execute(cfg: Config, sandbox: Sandbox, job: Job) -> RunOutcome:

@@ -6,15 +6,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from nightlab.errors import UsageError
-from nightlab.plugins import plugin
+from nightlab.plugins import SANDBOXES, plugin
 from nightlab.sandbox.probe import choose_auto
 from nightlab.types import RunResult, RunSpec
-
-BACKENDS = {"bwrap": "nightlab.sandbox.bwrap:BwrapSandbox", "docker": "nightlab.sandbox.container:DockerSandbox",
-            "podman": "nightlab.sandbox.container:PodmanSandbox", "process": "nightlab.sandbox.process:ProcessSandbox"}
 
 # A name like these never reaches a run, even when listed in [run] env.
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
@@ -23,6 +20,13 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 class Sandbox(Protocol):
     name: str
+    # Whether the run is confined: it can write only its run directory (and a private /tmp), sees only its
+    # own processes (so no caller's environment through /proc), and nothing it starts outlives it, not even
+    # a process that leaves its session. False for `process`, a plain child process of the harness; a
+    # backend of your own that does not set it is taken as not isolated. Every backend, isolated or not,
+    # ends a run at its deadline, gives it only the environment run_env() builds, and ends the processes
+    # of its session with it (tests/test_sandbox_contract.py holds each backend to what it declares).
+    isolated: ClassVar[bool] = False
 
     def run(self, spec: RunSpec) -> RunResult:
         """Run `spec.command` in `spec.cwd` within `spec.timeout_s`, output to `spec.run_dir/spec.log_name`."""
@@ -32,7 +36,7 @@ class Sandbox(Protocol):
 def load_sandbox(name: str) -> Sandbox:
     if name == "auto":  # bwrap, docker or podman, whichever works first; never `process` (no isolation)
         name = choose_auto()
-    return plugin(name, BACKENDS, f"unknown or unavailable sandbox {name!r} (available: {{known}})")()
+    return plugin(name, SANDBOXES, f"unknown sandbox {name!r} (known: auto, {{known}}; or module:Class)")()
 
 
 SHELL_SYNTAX = set("|&;<>()$`\\\"'*?[]#~=%{}\n")

@@ -152,6 +152,7 @@ class _Status(threading.Thread):
 
 class BwrapSandbox:
     name = "bwrap"
+    isolated = True
 
     def __init__(self) -> None:
         ok, why = probe_bwrap()

@@ -98,6 +98,7 @@ def oom_kills(vmstat: Path = Path("/proc/vmstat")) -> int:
 
 class ContainerSandbox:
     engine = "docker"
+    isolated = True
 
     def __init__(self) -> None:
         from nightlab.sandbox.probe import probe_engine

@@ -30,6 +30,7 @@ def _killpg(pgid: int, sig: int) -> None:
 
 class ProcessSandbox:
     name = "process"
+    isolated = False
 
     def run(self, spec: RunSpec) -> RunResult:
         log.warning("sandbox 'process': trial %s runs WITHOUT isolation (network, files, secrets reachable)",
