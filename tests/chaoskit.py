@@ -29,7 +29,8 @@ if [ -n "$CHAOS_GIT" ]; then
   while [ "${args[$i]}" = "-c" ]; do i=$((i+2)); done
   spec="${CHAOS_GIT%:inside}"; words="${spec%#*}"; nth="${spec##*#}"
   if [[ "${args[*]:$i}" == "$words"* ]]; then
-    n=$( { flock 9; c=$(( $(cat "$CHAOS_DIR/count" 2>/dev/null || echo 0) + 1 )); echo $c >"$CHAOS_DIR/count"; echo $c; } 9>"$CHAOS_DIR/lock")
+    n=$( { flock 9; c=$(( $(cat "$CHAOS_DIR/count" 2>/dev/null || echo 0) + 1 ))
+           echo $c >"$CHAOS_DIR/count"; echo $c; } 9>"$CHAOS_DIR/lock")
     if [ "$n" = "$nth" ]; then
       echo "${args[*]:$i}" >"$CHAOS_DIR/hit"
       [ "$spec" != "$CHAOS_GIT" ] && exec "$real" "${args[@]:0:$i}" -c core.hooksPath="$CHAOS_DIR/hooks" "${args[@]:$i}"

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from chaoskit import chaos_env, finish, killed, locks, nightlab, resumed, start, worktree_troubles
+
+from chaoskit import finish, killed, locks, nightlab, resumed, start, worktree_troubles
 from nlkit import content, idea, make_project, sub
 
 IMPROVE = [idea("LR 0.1 -> 0.3", sub("LR = 0.1", "LR = 0.3")), idea("BONUS up", sub("BONUS = 0.0", "BONUS = 0.5"))]
@@ -67,7 +68,8 @@ def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, p
 
 # -- C: git's lock files ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("point", ["reset --hard#2:inside", "commit --quiet --amend#1:inside",
-                                   "update-ref refs/nightlab/t/trial-1#1:inside", "commit --quiet --no-verify -m#1:inside"])
+                                   "update-ref refs/nightlab/t/trial-1#1:inside",
+                                   "commit --quiet --no-verify -m#1:inside"])
 def test_c_killed_while_git_holds_a_lock(tmp_path: Path, point: str) -> None:
     proj = make_project(tmp_path, ideas=IMPROVE)
     killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", git_at=point)
