@@ -126,9 +126,12 @@ def init(directory: Annotated[Path, typer.Argument(help="Project directory (defa
 @app.command()
 def prepare(config_path: ConfigOpt = None) -> None:
     """Run the one-time [run] prepare step (data, tokenizer) in the project directory."""
-    cfg = _load(config_path)
+    _prepare(_load(config_path))
+
+
+def _prepare(cfg: config.Config) -> None:
     created = project.prepare(cfg)
-    console.print(f"prepared; created: {', '.join(created) or 'nothing new'}")
+    console.print(f"prepared; created: {', '.join(created) or 'nothing new'}", markup=False)
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -155,6 +158,10 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         if value is not None:
             config.override(cfg, key, value, flag)
     tag = _tag(cfg, tag)
+    if cfg.run.prepare and not project.prepared(cfg):
+        console.print(f"first run in this project: running the one-time prepare step `{cfg.run.prepare}` "
+                      "(`nightlab prepare` runs it again)", markup=False)
+        _prepare(cfg)
     reason = _session(cfg, tag, max_trials, hours)
     console.print(f"stopped: {reason}", markup=False)
     console.print(views.where(cfg, tag), markup=False, soft_wrap=True)  # a path stays whole, to copy

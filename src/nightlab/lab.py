@@ -76,14 +76,23 @@ class Lab:
         """Run k of a trial's commit as `tree` holds it, with the editable files by value for remote workers."""
         here, run_dir = tree.dir, self.run_dir(rec.n, k)
         if attempt:  # what the lost attempt left (run 0 shares its directory with the proposal and later runs)
-            for entry in run_dir.iterdir():
-                if not (k == 0 and (entry.name in PROPOSAL_FILES or entry.name.startswith("repeat-"))):
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            clear(run_dir, keep=lambda name: k == 0 and (name in PROPOSAL_FILES or name.startswith("repeat-")))
         spec = run_spec(self.cfg, here, run_dir, seed=rec.seed + k, trial=rec.n, budget_s=budget_s)
         files = {f: (here / f).read_bytes() for f in self.cfg.project.editable if (here / f).is_file()}
         return Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+
+    def forget_runs(self, n: int) -> None:
+        """Trial n's run outputs, all of them (its runs start again); what the agent made for it stays."""
+        clear(self.run_dir(n), keep=lambda name: name in PROPOSAL_FILES)
 
     def run_dir(self, n: int, k: int = 0) -> Path:
         path = self.state_dir / "runs" / str(n) / (f"repeat-{k}" if k else "")
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def clear(folder: Path, keep: Callable[[str], bool]) -> None:
+    """Remove what `folder` holds except the entries whose name `keep` accepts."""
+    for entry in folder.iterdir():
+        if not keep(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

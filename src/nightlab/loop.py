@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab import crashpoint
 from nightlab.agents import Agent
 from nightlab.baseline import Baseline
 from nightlab.config import Config
@@ -22,6 +23,7 @@ from nightlab.ledger import Ledger, TrialRecord
 from nightlab.scheduler import Proposed, Ran, Scheduler
 from nightlab.trial import Next, Trial
 from nightlab.types import Event, Status
+from nightlab.views import write_tsv
 from nightlab.workspace import Workspace
 
 
@@ -109,13 +111,17 @@ class Loop:
         for rec in lab.ledger.trials():
             if rec.status != Status.RUNNING:
                 continue
-            if rec.n == 0 or not rec.commit_sha:
+            if rec.n == 0 or not rec.commit_sha:  # started again from scratch, proposal and all
                 lab.ledger.delete(rec.n)
+                shutil.rmtree(lab.run_dir(rec.n))
                 continue
-            shutil.rmtree(lab.run_dir(rec.n), ignore_errors=True)
+            lab.forget_runs(rec.n)  # its brief, transcript and diff stay: the proposal is not made again
             lab.ledger.forget_examples(rec.n)
             rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
             self.scheduler.add(Trial(lab, rec, pending=1))
         best = lab.ledger.best()
         if best:
             lab.ws.reset(best.commit_sha)
+        # A kill between a trial's ledger save and this view left the view behind (a stopped run rewrites it last)
+        write_tsv(lab.ledger.trials(), lab.cfg.metric.name, lab.state_dir / "results.tsv")
+        crashpoint.reached("recovered")

@@ -46,16 +46,22 @@ def from_json(path: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in data.items():
         if isinstance(value, list) and value and all(_number(v) for v in value):
-            out[name] = statistics.fmean(value)  # several folds or seeds in one run: mean ± std
-            if len(value) >= 2 and all(math.isfinite(v) for v in value):
-                out.setdefault(f"{name}_std", statistics.stdev(value))
+            _spread(out, name, [_float(v) for v in value])  # several folds or seeds in one run: mean ± std
         elif _number(value):
-            out[name] = float(value)
+            out[name] = _float(value)
     return out
 
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float(value: int | float) -> float:
+    """JSON integers have no size limit: one beyond a float's range is infinite (so not a usable metric)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def aggregate(metrics: dict[str, float]) -> dict[str, float]:
@@ -69,10 +75,23 @@ def aggregate(metrics: dict[str, float]) -> dict[str, float]:
             groups.setdefault(m.group(1), []).append(value)
     out = dict(metrics)
     for name, values in groups.items():
-        out.setdefault(name, statistics.fmean(values))
-        if len(values) >= 2 and all(math.isfinite(v) for v in values):
-            out.setdefault(f"{name}_std", statistics.stdev(values))
+        _spread(out, name, values)
     return out
+
+
+def _spread(out: dict[str, float], name: str, values: list[float]) -> None:
+    """`name` = the mean and `name_std` = the sample std of `values`, unless `out` has them; a mean beyond a
+    float's range is infinite (so not a usable metric), and such values have no std."""
+    try:
+        out.setdefault(name, statistics.fmean(values))
+    except OverflowError:
+        out.setdefault(name, math.inf if sum(math.copysign(1, v) for v in values) > 0 else -math.inf)
+        return
+    if len(values) >= 2 and all(math.isfinite(v) for v in values):
+        try:
+            out.setdefault(f"{name}_std", statistics.stdev(values))
+        except OverflowError:
+            pass
 
 
 def read_exit(result: RunResult) -> None:

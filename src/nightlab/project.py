@@ -113,6 +113,11 @@ def prepare(cfg: Config) -> list[str]:
     return created
 
 
+def prepared(cfg: Config) -> bool:
+    """Whether `[run] prepare` has run for this project (through nightlab: it keeps a record of what it made)."""
+    return (cfg.root / STATE / "prepared.json").exists()
+
+
 def _prepared(record: Path) -> list[str]:
     try:
         return json.loads(record.read_text()) if record.exists() else []

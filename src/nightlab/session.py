@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nightlab import metrics, project
+from nightlab import crashpoint, metrics, project
 from nightlab.agents import Agent, load_agent
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
@@ -17,6 +17,7 @@ from nightlab.measure import measure
 from nightlab.per_example import Examples
 from nightlab.runspec import run_spec
 from nightlab.sandbox import load_sandbox, passthrough
+from nightlab.sandbox.limits import sweep_stale
 from nightlab.types import Event
 from nightlab.workspace import Workspace, git, ignore_state_dir
 
@@ -33,6 +34,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
     passthrough(cfg.run.env, str(cfg.path))  # refuse bad settings before anything is created
+    sweep_stale()
     program = cfg.root / cfg.project.program
     if "program" in cfg.project.model_fields_set and not program.is_file():  # named, so not optional: a typo
         raise UsageError(f"{cfg.path}: project.program: {program} not found")
@@ -52,6 +54,7 @@ def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor
     ws.open(fresh=fresh, best="" if fresh else _best_commit(state))
     ws.link_data(project.visible_data(cfg))
     ledger = Ledger(state / "ledger.sqlite")
+    crashpoint.reached("start.ledger")
     try:
         if not fresh and not ledger.trials():
             # The baseline failed (it left no record), so nothing is lost by starting over from what the user
@@ -59,8 +62,9 @@ def _run(cfg: Config, tag: str, state: Path, fresh: bool, agent: Agent, executor
             ws.restart()
             ledger.set_meta(identity=identity(cfg))
         ledger.check_identity(identity(cfg), str(cfg.path))
-        if fresh:
+        if fresh or ledger.get("tag") is None:  # a first start killed just after creating the ledger has none
             ledger.set_meta(tag=tag, branch=ws.branch, started=time.time())
+        ws.started()
         ledger.set_meta(slots=executor.slots, executor=executor.name, pipeline=cfg.executor.pipeline)
         loop = Loop(cfg, ws, ledger, agent, executor, state, notify, pipeline=cfg.executor.pipeline)
         return loop.run(limits)

@@ -13,7 +13,7 @@ import shutil
 import time
 from enum import StrEnum
 
-from nightlab import per_example, program
+from nightlab import crashpoint, per_example, program
 from nightlab.agents import capable
 from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
@@ -62,6 +62,7 @@ class Trial:
         lab.ledger.save(rec)
         lab.notify(Event.PROPOSE, rec)
         (lab.run_dir(rec.n) / "brief.md").write_text(brief.text)
+        crashpoint.reached("trial.briefed")
         return brief
 
     def make(self, brief: Brief) -> None:
@@ -73,6 +74,7 @@ class Trial:
         rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
         (out / "diff.patch").write_text(ws.diff())
         rec.commit_sha = self._commit(proposal, "(no description)")
+        crashpoint.reached("trial.committed")
 
     def proposed(self, error: BaseException | None) -> Next:
         lab, rec = self.lab, self.rec
@@ -113,6 +115,7 @@ class Trial:
         attempt = self.lost.get(k, 0)
         job = lab.job(rec, self.tree, k, attempt, slot, self.budget_s)
         lab.ledger.run_started(job.id, rec.n, k, attempt, slot)
+        crashpoint.reached("run.started")
         if not rec.runs and self.running == 0 and not attempt:
             lab.notify(Event.RUN, rec)
         self.running += 1
@@ -123,6 +126,7 @@ class Trial:
         self.running -= 1
         lab.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
                                 out.hardware, out.host)
+        crashpoint.reached("run.finished")
         rec.seconds += out.seconds
         if out.hardware and out.hardware not in rec.hardware.split("; "):
             rec.hardware = "; ".join(filter(None, [rec.hardware, out.hardware]))
@@ -232,6 +236,7 @@ class Trial:
         elif self.ws is lab.ws:
             lab.ws.reset(lab.best().commit_sha)
         lab.ledger.save(rec)
+        crashpoint.reached("trial.recorded")
         write_tsv(lab.ledger.trials(), lab.cfg.metric.name, lab.state_dir / "results.tsv")
         lab.agent.observe(rec.n, Status(rec.status), rec.metric)
         lab.notify(Event.DONE, rec)

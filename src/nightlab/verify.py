@@ -22,13 +22,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from nightlab import per_example, project
+from nightlab import crashpoint, per_example, project
 from nightlab.config import Config
 from nightlab.errors import NightlabError, TrialFailed, UsageError
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.measure import measure
 from nightlab.runspec import run_spec, spec_fields
 from nightlab.sandbox import Sandbox, load_sandbox
+from nightlab.sandbox.limits import sweep_stale
 from nightlab.stats import Comparison, compare, compare_paired
 from nightlab.types import Status
 from nightlab.workspace import Workspace, git
@@ -88,6 +89,7 @@ class Verifier:
         self.examples: dict[str, list[per_example.Examples | None]] = {}  # per measurement, each seed's
 
     def run(self) -> list[Row]:
+        sweep_stale()
         self.ws.open(fresh=False, best=self.best.commit_sha)
         self.ws.link_data(self.visible)
         # A worktree of its own: the branch stays at the best even if verify is killed halfway.
@@ -130,6 +132,7 @@ class Verifier:
             spec = run_spec(cfg, self.ws.dir, run_dir, seed=seed, trial=trial.n, env=env,
                             isolation=self._isolation(env.get("NIGHTLAB_SPLIT")))
             measured = measure(cfg, self.sandbox, spec, [], data=data)
+            crashpoint.reached("verify.measured")
             values.append(measured.values[cfg.metric.name])
             self.examples[what].append(measured.examples)
         return values

@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab import crashpoint, repair
 from nightlab.errors import EditRejected, NightlabError, UsageError
 
 log = logging.getLogger(__name__)
@@ -19,12 +20,15 @@ IDENTITY = {"GIT_AUTHOR_NAME": "nightlab", "GIT_AUTHOR_EMAIL": "nightlab@localho
 IDENTITY |= {"GIT_COMMITTER_NAME": "nightlab", "GIT_COMMITTER_EMAIL": "nightlab@localhost"}
 # The user's hooks (post-checkout, post-commit) are not for nightlab's own checkout and commits (as --no-verify).
 NO_HOOKS = "core.hooksPath=/dev/null"
+# No opportunistic index refresh (`git diff`, `git status` in the user's checkout): a kill must never leave an
+# index.lock there, where nightlab could not tell it from the user's own.
+QUIET = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
 def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> str:
     # core.quotePath=false: paths come back as written ("modèle.py"), not as octal escapes
     proc = subprocess.run(["git", "-c", "core.quotePath=false", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0"})
+                          env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0", **QUIET})
     if check and proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
         command = next(a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c"))
@@ -109,10 +113,17 @@ class Workspace:
     # -- setup -------------------------------------------------------------------------------
     def open(self, fresh: bool, best: str = "") -> None:
         """Create the branch and worktree (fresh) or reattach to them (resume; a deleted branch is made again at
-        `best`, the ledger's best commit, which its trial ref keeps reachable)."""
+        `best`, the ledger's best commit, which its trial ref keeps reachable). What a killed nightlab left
+        (stale locks, half-made worktrees, a half-made start of this tag) is mended first."""
         ignore_state_dir(self.root)
+        repair.mend(self.repo)
         exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
         if fresh:
+            if exists and self.creating.exists():  # a first start killed before its ledger existed
+                log.info("tag %r was never started fully (killed before its ledger existed): starting it again",
+                         self.tag)
+                self._undo_start()
+                exists = False
             if exists:
                 raise UsageError(f"branch {self.branch} already exists but tag {self.tag!r} has no ledger to resume; "
                                  "pick another --tag, or delete the branch "
@@ -120,7 +131,10 @@ class Workspace:
             self._check_clean()
             if git("rev-parse", "--verify", "--quiet", "refs/heads/nightlab", cwd=self.repo, check=False):
                 raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
+            self.creating.parent.mkdir(parents=True, exist_ok=True)
+            self.creating.write_text(self.branch + "\n")
             git("branch", self.branch, "HEAD", cwd=self.repo)
+            crashpoint.reached("start.branch")
         elif not exists:
             known = best and git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=self.repo, check=False)
             if not known:
@@ -129,28 +143,44 @@ class Workspace:
             log.warning("branch %s was missing: made again at the best trial's commit %s", self.branch, best[:7])
             git("worktree", "prune", cwd=self.repo)
             git("branch", self.branch, best, cwd=self.repo)
-        if (self.tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
-            git("worktree", "repair", str(self.tree), cwd=self.repo, check=False)
-        else:
-            try:
-                git("worktree", "prune", cwd=self.repo)
-                git("-c", NO_HOOKS, "worktree", "add", "--quiet", str(self.tree), self.branch,
-                    cwd=self.repo)
-            except BaseException:
-                if fresh:  # a half-made fresh tag would be refused forever ("branch already exists")
-                    git("worktree", "remove", "--force", str(self.tree), cwd=self.repo, check=False)
-                    git("worktree", "prune", cwd=self.repo, check=False)
-                    git("branch", "-D", self.branch, cwd=self.repo, check=False)
-                raise
+        try:
+            self._attach(self.tree, self.branch)
+        except BaseException:
+            if fresh:  # a half-made fresh tag would be refused ("branch already exists")
+                self._undo_start()
+            raise
+        crashpoint.reached("start.worktree")
+
+    @property
+    def creating(self) -> Path:
+        """Present from the branch's creation until the tag's ledger holds it: a start that may be half done."""
+        return self.root / ".nightlab" / self.tag / "creating"
+
+    def started(self) -> None:
+        """The ledger holds the tag now: a kill from here on is resumed, not undone."""
+        self.creating.unlink(missing_ok=True)
+
+    def _undo_start(self) -> None:
+        repair.discard(self.repo, self.tree)
+        git("branch", "-D", self.branch, cwd=self.repo, check=False)
+
+    def _attach(self, tree: Path, ref: str, *flags: str) -> None:
+        """A usable worktree at `tree`: the one there (links mended if the project moved), else made anew with
+        `git worktree add <flags> <tree> <ref>`; one a kill left half-made is removed first."""
+        if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
+            git("worktree", "repair", str(tree), cwd=self.repo, check=False)
+            if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
+                return
+            log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
+        if tree.exists():
+            repair.discard(self.repo, tree)
+        git("worktree", "prune", cwd=self.repo)
+        git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=self.repo)
 
     def spare(self, slot: int | str) -> Workspace:
         """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
         other = Workspace(self.root, self.tag, self.editable, self.scratchpad, slot)
-        if (other.tree / ".git").exists():
-            git("worktree", "repair", str(other.tree), cwd=self.repo, check=False)
-        else:
-            git("worktree", "prune", cwd=self.repo)
-            git("-c", NO_HOOKS, "worktree", "add", "--quiet", "--detach", str(other.tree), self.head(), cwd=self.repo)
+        other._attach(other.tree, self.head(), "--detach")
         other.link_data(getattr(self, "linked", []))
         return other
 

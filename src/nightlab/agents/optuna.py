@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nightlab import crashpoint
 from nightlab.agents import Agent, require
 from nightlab.agents.constants import (
     Constant,
@@ -127,12 +128,17 @@ class OptunaAgent(Agent):
             study = self.optuna.create_study(
                 study_name=STUDY_NAME, storage=storage, direction=goal, load_if_exists=True
             )
-            # Offset the seed by the history: a resumed run reseeded with the bare seed would replay
-            # the random start-up points it has already tried.
-            seed = self.config.agent.seed + len(study.get_trials(deepcopy=False))
-            study.sampler = self.optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            self._fail_orphans(study)
             self._study = study
         return self._study
+
+    def _fail_orphans(self, study: Any) -> None:
+        """A point asked for but never given to a nightlab trial (killed in between) is failed: left RUNNING, the
+        constant-liar sampler would count it as a bad result forever. Nothing is in flight yet when a study loads."""
+        running = self.optuna.trial.TrialState.RUNNING
+        for t in study.get_trials(deepcopy=False, states=(running,)):
+            if TRIAL_ATTR not in t.user_attrs:
+                study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
 
     def _files(self) -> list[str]:
         return list(self.config.project.editable)
@@ -209,8 +215,12 @@ class OptunaAgent(Agent):
         if earlier is not None:
             return earlier.number, dict(earlier.params)
         dists = self._distributions(space)
+        # Seeded by the trial's number: a resumed run asks what an uninterrupted one would have (given the same
+        # results so far), and never replays the random start-up point of an earlier trial.
+        study.sampler = self.optuna.samplers.TPESampler(seed=self.config.agent.seed + 7919 * trial, constant_liar=True)
         for _ in range(MAX_ASKS):
             asked = study.ask(dists)
+            crashpoint.reached("optuna.asked")
             params = dict(asked.params)
             if any(_differs(current[k], format_value(v, current[k].text)) for k, v in params.items() if k in current):
                 asked.set_user_attr(TRIAL_ATTR, trial)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from nightlab import project
+from nightlab import crashpoint, project
 from nightlab.config import Config
 from nightlab.errors import UsageError
 from nightlab.ledger import TrialRecord
@@ -121,6 +121,7 @@ class Regenerator:
 
     def _write(self) -> None:
         _, note = write_report(self.cfg, self.tag)
+        crashpoint.reached("report.written")
         if note:
             self._warn("chart", f"the report has no progress chart: {note}")
 

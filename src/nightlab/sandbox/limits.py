@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import re
 import resource
 import signal
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _serial = itertools.count()
+OWN_NAME = re.compile(r"nightlab-(\d+)-\d+")  # a run's cgroup: nightlab-<harness pid>-<serial>
+_swept: set[Path] = set()
 
 
 def own_cgroups(proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict[str, str]:
@@ -82,6 +85,7 @@ class Limits:
 
     @staticmethod
     def _child(parent: Path) -> Path | None:
+        sweep(parent)
         child = parent / f"nightlab-{os.getpid()}-{next(_serial)}"
         try:
             child.mkdir()
@@ -174,6 +178,48 @@ class Limits:
         return {"memory_bytes": self.memory_bytes or None, "memory_via": self.memory_via,
                 "max_pids": self.max_pids or None, "pids_via": self.pids_via,
                 "max_file_bytes": self.max_file_bytes or None}
+
+
+def sweep_stale(proc_cgroup: Path = Path("/proc/self/cgroup"), mounts: Path = Path("/proc/self/mounts")) -> None:
+    """At a start: the cgroups killed nightlab runs left beside the ones this process would make."""
+    try:
+        own = own_cgroups(proc_cgroup)
+    except OSError:
+        return
+    v2 = v2_mount(mounts) if "" in own else None
+    if v2 is not None:
+        sweep(v2 / own[""].lstrip("/"))
+    for controller in ("memory", "pids"):
+        if controller in own:
+            sweep(CGROUP_ROOT / controller / own[controller].lstrip("/"))
+
+
+def sweep(parent: Path) -> list[Path]:
+    """Remove the empty cgroups of nightlab processes that are gone: a harness killed with -9 never ran close().
+
+    Once per parent and process. Only nightlab's own names, only dead owners, only empty groups: a run whose
+    harness is alive, or that still holds a process, is left alone.
+    """
+    if parent in _swept:
+        return []
+    _swept.add(parent)
+    removed = []
+    try:
+        children = [c for c in parent.iterdir() if c.is_dir()]
+    except OSError:
+        return []
+    for child in children:
+        owner = OWN_NAME.fullmatch(child.name)
+        if owner is None or Path(f"/proc/{owner[1]}").exists():
+            continue
+        try:
+            if (child / "cgroup.procs").read_text().strip():
+                continue
+            child.rmdir()
+            removed.append(child)
+        except OSError:
+            continue
+    return removed
 
 
 def _rmdir(path: Path) -> None:
