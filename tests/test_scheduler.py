@@ -368,8 +368,6 @@ def test_trials_in_flight_when_stopped_are_run_again_once_on_resume(tmp_path: Pa
         assert [p.name for p in lab.run_dir(n).glob("fake-*")] == [f"fake-{n}.0a0s2.log"]
 
 
-@pytest.mark.xfail(strict=True, reason="recover() deletes the whole run directory of a resumed trial, its "
-                                       "brief.md, agent.log and diff.patch too, though its proposal is kept")
 def test_a_resumed_trial_keeps_its_proposal_files(tmp_path: Path) -> None:
     lab = stopped_with_two_trials_running(tmp_path, loss)
     lab.fake = FakeExecutor(loss)
