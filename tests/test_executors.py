@@ -179,14 +179,18 @@ def test_a_protected_file_changed_by_the_run_makes_it_invalid(tmp_path: Path, ex
 
 def test_concurrent_slots_each_get_their_own_gpus(tmp_path: Path, executors) -> None:
     # No /dev/nvidia* here: the process backend, with four GPUs declared ([sandbox] gpus; the Ray cluster has 4).
-    show = 'print("devices:", os.environ.get("CUDA_VISIBLE_DEVICES"))\n'
-    proj, cfg = project(tmp_path, sandbox="process", train=sleepy(1.5, show))
+    # Each run waits at a barrier until the other has started: they can only both finish by running at once.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    show = (f'print("devices:", os.environ.get("CUDA_VISIBLE_DEVICES"))\nimport time\n'
+            f'open(os.path.join({str(barrier)!r}, os.environ["CUDA_VISIBLE_DEVICES"]), "w").close()\n'
+            f'while len(os.listdir({str(barrier)!r})) < 2:\n    time.sleep(0.02)\n')
+    proj, cfg = project(tmp_path, sandbox="process", train=sleepy(0, show))
     cfg.sandbox.gpus, cfg.executor.gpus_per_trial = "0,1,2,3", 2
     ex = executors(cfg, slots=2)
     jobs = [job(cfg, proj, f"gpu{slot}", slot=slot) for slot in (0, 1)]
     outs = [f.result(timeout=60) for f in [ex.submit(j) for j in jobs]]
     assert all(o.status is None for o in outs), [o.reason for o in outs]
-    assert max(o.started for o in outs) < min(o.finished for o in outs)  # they ran at the same time
     seen = []
     for j in jobs:
         line = next(x for x in (j.spec.run_dir / "run.log").read_text().splitlines() if x.startswith("devices:"))

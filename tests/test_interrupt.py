@@ -1,4 +1,4 @@
-"""Ctrl-C during a trial's run: the harness stops promptly, takes the run down with it, and resumes cleanly."""
+"""Ctrl-C during a trial's run: the harness stops without waiting for the run, takes it down, and resumes cleanly."""
 
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_ctrl_c_during_a_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     marker = f"nlmark{uuid.uuid4().hex}"  # in the run's command line only, so pgrep finds just the run
-    proj = make_project(tmp_path, config={"run": {"command": f"python train.py {marker}"}},
-                        ideas=[idea("slow but better", sub("LR = 0.1", "LR = 0.3\nimport time\ntime.sleep(3)"))])
+    # Trial 1's run waits as long as NL_GATE says so: in the first session it never ends by itself, so the
+    # harness stopping at all shows that it did not wait for it; the resumed session lets it through.
+    hold = "LR = 0.3\nimport os, time\nwhile os.environ.get('NL_GATE') == 'closed':\n    time.sleep(0.05)"
+    proj = make_project(tmp_path, config={"run": {"command": f"python train.py {marker}", "env": ["NL_GATE"]}},
+                        ideas=[idea("held but better", sub("LR = 0.1", hold))], extra_env={"NL_GATE": "closed"})
     harness = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", "1"], cwd=proj.dir, env=proj.env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                # A shell that starts jobs in the background (as CI may) leaves SIGINT ignored,
@@ -36,32 +39,29 @@ def test_ctrl_c_during_a_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     try:
         run_log = proj.state() / "runs" / "1" / "run.log"
         _wait_for(lambda: run_log.exists() and _pgrep(marker), 30, "trial 1's run to start")
-        time.sleep(0.3)
         assert harness.poll() is None
-        sent = time.monotonic()
         harness.send_signal(signal.SIGINT)
-        out, err = harness.communicate(timeout=10)
-        took = time.monotonic() - sent
+        out, err = harness.communicate(timeout=120)  # a bound on a hang only: the run itself never ends
     finally:
         if harness.poll() is None:
             harness.kill()
             harness.wait()
     assert harness.returncode == 130, f"{out}{err}\nledger: {proj.ledger()}\nrun dirs: {sorted(p.name for p in (proj.state() / 'runs').iterdir())}"
-    assert took < 3, f"took {took:.1f}s to stop"
     assert "interrupted" in err and "Traceback" not in err
-    _wait_for(lambda: not _pgrep(marker), 2, "the run to be gone")  # no orphan left holding the GPU
+    _wait_for(lambda: not _pgrep(marker), 30, "the run to be gone")  # no orphan left holding the GPU
     interrupted = proj.ledger()
     assert [r["n"] for r in interrupted] == [0, 1]
     assert interrupted[1]["status"] == "running" and interrupted[1]["commit_sha"]
 
+    proj.extra_env["NL_GATE"] = "open"
     proj.run("--max-trials", "1")
     ledger = proj.ledger()
     assert [r["n"] for r in ledger] == [0, 1]  # trial 1 recorded once, not twice
     assert [r["status"] for r in ledger] == ["baseline", "keep"]
-    assert ledger[1]["description"] == "slow but better"
-    assert ledger[1]["seconds"] >= 3  # the re-run went all the way through
+    assert ledger[1]["description"] == "held but better"
+    assert ledger[1]["metric"] is not None and len(ledger[1]["runs"]) == 1  # the re-run went all the way through
     subjects = proj.git("log", "--format=%s", "nightlab/t").splitlines()
-    assert subjects.count("trial 1: slow but better") == 1
+    assert subjects.count("trial 1: held but better") == 1
     assert proj.git("rev-parse", "refs/nightlab/t/trial-1") == ledger[1]["commit_sha"] == proj.git("rev-parse",
                                                                                                    "nightlab/t")
     assert "status: keep" in proj.git("log", "-1", "--format=%B", "nightlab/t")
