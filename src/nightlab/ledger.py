@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS trials (
     description TEXT, hypothesis TEXT, reason TEXT, phase TEXT,
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
-    started REAL, finished REAL, hardware TEXT
+    started REAL, finished REAL, hardware TEXT,
+    agent_seconds REAL, agent TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -63,6 +64,8 @@ def _add_column(table: str, column: str, kind: str) -> Callable[[sqlite3.Connect
 # A new TrialRecord field needs its column in SCHEMA and a migration here.
 MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.hardware": _add_column("trials", "hardware", "TEXT"),
+    "trials.agent_seconds": _add_column("trials", "agent_seconds", "REAL NOT NULL DEFAULT 0"),
+    "trials.agent": _add_column("trials", "agent", "TEXT NOT NULL DEFAULT ''"),
 }
 
 
@@ -88,6 +91,8 @@ class TrialRecord:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     hardware: str = ""  # what its runs trained on ("cpu", GPU models): fixed-time results depend on it
+    agent_seconds: float = 0.0  # the agent's time on its proposal, failed ones too (`seconds` is the runs')
+    agent: str = ""  # the agent, model and endpoint that proposed it: they may change between sessions of a tag
 
     def public(self) -> dict:
         """The `nightlab log --json` object for this trial."""
@@ -281,7 +286,7 @@ def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
     return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
 
 
-TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware"]
+TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware", "agent_seconds", "agent"]
 
 
 def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
@@ -292,7 +297,7 @@ def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
         mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
         cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
                  str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or ""]
+                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent]
         lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -17,11 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import metrics, per_example, program
-from nightlab.agents import Agent, capable
+from nightlab.agents import Agent, capable, describe, reply
 from nightlab.config import Config
 from nightlab.decide import Verdict, decide, deterministic, distinct, evidence_note, noise
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected, RunCrashed
@@ -122,11 +123,11 @@ class Loop:
         n = trials[-1].n + 1
         ws = self.worktrees.take()
         assert ws is not None, "proposals start only while a worktree is available"
-        rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n)
+        rec = TrialRecord(n=n, parent=best.commit_sha, seed=1000 * n, agent=describe(self.agent, self.cfg))
         ws.reset(best.commit_sha)
         program.ensure_scratchpad(ws.dir, self.cfg.project.scratchpad)
         brief = program.brief(self.cfg, n, trials, best.metric, self.noise(), self._scratchpad(ws),
-                              self._failure_tail(trials), self.ledger.get("eval_se"))
+                              self._failure_tail(trials), self.ledger.get("eval_se"), ws.dir, reply(self.agent))
         rec.phase = brief.phase
         self.ledger.save(rec)
         self.notify(Event.PROPOSE, rec)
@@ -146,7 +147,7 @@ class Loop:
     def _make(self, flight: Flight, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
         rec, ws, out = flight.rec, flight.tree, self.run_dir(flight.rec.n)
-        proposal = self._ask(ws, brief)
+        proposal = self._ask(ws, brief, rec)
         (out / "agent.log").write_text(proposal.transcript)
         first = (proposal.description.strip().splitlines() or ["(no description)"])[0]
         rec.description, rec.hypothesis = first[:400], proposal.hypothesis
@@ -155,11 +156,15 @@ class Loop:
         files = ws.verify_edits()
         rec.commit_sha = ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", files)
 
-    def _ask(self, ws: Workspace, brief: Brief) -> Proposal:
-        if self.agent_lock is None:
-            return self.agent.propose(ws.dir, brief)
-        with self.agent_lock:
-            return self.agent.propose(ws.dir, brief)
+    def _ask(self, ws: Workspace, brief: Brief, rec: TrialRecord | None = None) -> Proposal:
+        """The agent's proposal; the seconds it took (failed or not) are added to `rec`'s agent_seconds."""
+        with self.agent_lock or nullcontext():
+            start = time.monotonic()
+            try:
+                return self.agent.propose(ws.dir, brief)
+            finally:
+                if rec is not None:
+                    rec.agent_seconds += time.monotonic() - start
 
     def _proposed(self, flight: Flight, fut: Future) -> None:
         flight.proposal = None
@@ -343,9 +348,9 @@ class Loop:
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
         brief = program.brief(self.cfg, rec.n, self.ledger.trials(), best.metric, self.noise(), self._scratchpad(ws),
-                              "", self.ledger.get("eval_se"))
+                              "", self.ledger.get("eval_se"), ws.dir, reply(self.agent))
         try:
-            proposal = self._ask(ws, brief)
+            proposal = self._ask(ws, brief, rec)
             files = ws.verify_edits()
         except (AgentFailed, EditRejected):
             ws.reset(best.commit_sha)

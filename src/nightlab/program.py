@@ -22,6 +22,10 @@ SCRATCHPAD = """# Scratchpad
 ## Next ideas
 """
 RECENT = 15
+# The editable files are shown in the brief when together they are at most this many bytes (about 4,000
+# tokens): a small model then need not spend a turn, or a guess, reading them. Larger files cost every trial
+# that many tokens, and read_file shows them anyway.
+INLINE_BYTES = 16_000
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,21 @@ def noise_text(noise: float | None, eval_se: float | None) -> str:
     return f"run-to-run noise: {seed}{evaluation}"
 
 
+def editable_text(cfg: Config, workdir: Path) -> str:
+    """The editable files as the trial starts, in fenced blocks ('' when they are larger than INLINE_BYTES)."""
+    files = [(name, workdir / name) for name in cfg.project.editable]
+    if sum(p.stat().st_size for _, p in files if p.is_file()) > INLINE_BYTES:
+        return ""
+    blocks = [f"### {name}\n\n````{'python' if name.endswith('.py') else ''}\n{p.read_text(errors='replace').rstrip()}"
+              "\n````" for name, p in files if p.is_file()]
+    return "## The editable files as they are now\n\n" + "\n\n".join(blocks) if blocks else ""
+
+
 def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, noise: float | None,
-          scratchpad: str, failure_tail: str, eval_se: float | None = None) -> Brief:
+          scratchpad: str, failure_tail: str, eval_se: float | None = None, workdir: Path | None = None,
+          reply: str = "") -> Brief:
+    """What the agent is told for trial `n`. `reply` is the agent's own closing instructions (agents.reply), last
+    since small models do what the last paragraph says; with it, small editable files in `workdir` are shown."""
     general, phases = read_program(cfg)
     phase = current_phase(phases, trials, cfg)
     m = cfg.metric
@@ -118,8 +135,9 @@ def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, no
         f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); "
         f"it is killed at {cfg.run.timeout_s:g} s.\n"
         f"- Hard constraints: {constraints}.\n"
-        "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.\n\n"
-        "## Reply\n\nA one-line description of the change, then one sentence of hypothesis (why it should help).")
+        "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.")
+    if reply:
+        parts += [editable_text(cfg, workdir) if workdir else "", f"## Reply\n\n{reply}"]
     text = "\n\n".join(p for p in parts if p)
     return Brief(trial=n, text=text, editable=list(cfg.project.editable), metric=cfg.primary, best=best,
                  noise=noise, phase=phase.label if phase else "")

@@ -55,6 +55,7 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "phase": trials[-1].phase if trials else "",
         "branch": branch,
         "seconds": sum(t.seconds for t in trials),
+        "agent_seconds": sum(t.agent_seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
         "running": [t.n for t in trials if t.status == Status.RUNNING],
         **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
@@ -102,7 +103,7 @@ def summary_table(s: dict) -> Table:
             ("trials", f"{s['trials']} after the baseline, {s['kept']} kept"),
             (s["metric_name"], f"baseline {fmt(s['baseline'])}{noise} → best {fmt(s['best'])} "
                                f"(trial {s['best_trial']}, delta {fmt(s['delta'], True)}{pct}; {s['goal']})"),
-            ("time", f"{s['seconds'] / 60:.1f} min of runs"), ]
+            ("time", f"{s['seconds'] / 60:.1f} min of runs, {s['agent_seconds'] / 60:.1f} min of the agent"), ]
     if s.get("examples"):
         rows.append(("evaluation", f"{s['examples']} examples per run, σ {s['eval_se']:.3g} (paired comparisons)"))
     if s.get("keep_rule"):
