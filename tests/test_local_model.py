@@ -16,7 +16,7 @@ import pytest
 import localmodel
 from nlkit import example_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a loaded CPU makes the model slow
 TINY_PROGRAM = """# quickstart, briefly
 
 Make `val_loss` lower: change ONE of the UPPER_CASE knobs at the top of train.py (the learning rate, the batch

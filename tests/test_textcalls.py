@@ -75,3 +75,22 @@ def test_a_failed_edit_shows_the_closest_lines(tools: FileTools) -> None:
     assert "lines are 2-7" in out and "LR = 0.1\nBATCH = 32" in out  # the real text, with context, to copy
     out, err = tools.call("edit_file", {"path": "train.py", "old": "LR", "new": "lr"})
     assert err and "occurs 2 times" in out and "surrounding lines" in out
+
+
+def test_api_errors_name_the_endpoint_and_say_what_may_be_retried() -> None:
+    import httpx2
+    import openai
+
+    from nightlab.agents.endpoint import Retry, failure
+
+    def response(status: int, **headers: str) -> httpx2.Response:
+        return httpx2.Response(status, headers=headers, request=httpx2.Request("POST", "http://127.0.0.1:9/v1"))
+
+    lost = failure(openai, openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1:9/v1")),
+                   "openai", "http://127.0.0.1:9/v1")
+    assert isinstance(lost, Retry) and "cannot reach http://127.0.0.1:9/v1" in str(lost)
+    limited = failure(openai, openai.RateLimitError("slow down", response=response(429, **{"retry-after-ms": "250"}),
+                                                    body=None), "openai", "w")
+    assert isinstance(limited, Retry) and limited.after == 0.25
+    bad = failure(openai, openai.BadRequestError("bad", response=response(400), body=None), "openai", "w")
+    assert not isinstance(bad, Retry) and str(bad) == "openai API error: 400: bad"
