@@ -54,7 +54,7 @@ def test_anthropic_edit_lands_prepare_refused_and_429_retried(new_project) -> No
     assert [r.step for r in mock.requests[:2]] == [0, 0]
     first = mock.requests[0].body
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert first["messages"][0]["content"][0]["text"].startswith("# Trial 1: make ONE experiment")
+    assert "## Trial 1: make ONE experiment" in first["messages"][0]["content"][0]["text"]
     assert mock.requests[0].api_key == "sk-test-key"
     assert "tried LR 0.3" in proj.git("show", "nightlab/t:scratchpad.md")
 
