@@ -1,4 +1,5 @@
-"""Tool calls read from a reply's text, and the file tools' answers a model can recover from (no server needed)."""
+"""The API agents' parts that need no server: tool calls read from text, file-tool answers a model can recover from,
+and endpoint errors (named, retried or not, stopping a run at start-up or not)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,22 @@ def test_api_errors_name_the_endpoint_and_say_what_may_be_retried() -> None:
     assert isinstance(limited, Retry) and limited.after == 0.25
     bad = failure(openai, openai.BadRequestError("bad", response=response(400), body=None), "openai", "w")
     assert not isinstance(bad, Retry) and str(bad) == "openai API error: 400: bad"
+
+
+def test_the_start_up_check_stops_only_for_an_endpoint_that_cannot_work() -> None:
+    import httpx2
+    import openai
+
+    from nightlab.agents.endpoint import unreachable
+
+    request = httpx2.Request("GET", "http://127.0.0.1:9/v1/models")
+
+    def status(cls: type, code: int) -> Exception:
+        return cls("no", response=httpx2.Response(code, request=request), body=None)
+
+    down = unreachable(openai, openai.APIConnectionError(request=request), "nightlab.toml: agent.base_url", "http://h")
+    assert down is not None and str(down).startswith("nightlab.toml: agent.base_url: cannot reach http://h")
+    assert "refused the key" in str(unreachable(openai, status(openai.AuthenticationError, 401), "k", "http://h"))
+    # a key that may chat but not list models, or a server without a model list: the run goes on
+    assert unreachable(openai, status(openai.PermissionDeniedError, 403), "k", "http://h") is None
+    assert unreachable(openai, status(openai.NotFoundError, 404), "k", "http://h") is None

@@ -58,7 +58,7 @@ def unreachable(sdk: Any, e: Exception, key: str, where: str) -> UsageError | No
     """The start-up check's one-line error for an endpoint that cannot be used at all (None: some other error)."""
     if isinstance(e, sdk.APIConnectionError):
         return UsageError(f"{key}: cannot reach {where} ({short(e)}); is the server running?")
-    if isinstance(e, sdk.AuthenticationError | sdk.PermissionDeniedError):
+    if isinstance(e, sdk.AuthenticationError):  # not 403: a key may be allowed to chat but not to list models
         return UsageError(f"{key}: {where} refused the key ({short(e)})")
     return None
 
