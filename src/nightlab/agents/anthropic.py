@@ -47,8 +47,9 @@ class AnthropicAgent(toolloop.ToolLoopAgent):
         """Look the model up: an unreachable endpoint or an unknown model is a usage error."""
         try:
             self.client.models.retrieve(self.model, timeout=min(30.0, self.cfg.agent.timeout_s))
-        except self.sdk.NotFoundError:
-            raise UsageError(f"{self.cfg.path}: agent.model: {self.where} does not know {self.model!r}") from None
+        except self.sdk.NotFoundError as e:
+            if self.model in str(e):  # not a compatible server without this route, which answers 404 as well
+                raise UsageError(f"{self.cfg.path}: agent.model: {self.where} does not know {self.model!r}") from None
         except self.sdk.APIError as e:
             if bad := endpoint.unreachable(self.sdk, e, self.source, self.where):
                 raise bad from None
