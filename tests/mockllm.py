@@ -297,7 +297,13 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            self._write(data)
+
+        def _write(self, data: bytes) -> None:
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a trial's deadline)
+                self.close_connection = True
 
         def _sse(self, events: list[tuple[str, dict]], done: bool = False) -> None:
             chunks = [(f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n" for name, data in events]
@@ -309,6 +315,6 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
             self.send_header("cache-control", "no-cache")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            self._write(data)
 
     return Handler
