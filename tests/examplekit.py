@@ -16,16 +16,16 @@ import pytest
 from nlkit import CLI, ROOT, git, isolated_env
 
 
-def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]]):
+def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]], files: dict[str, str] | None = None):
     """Copy a bundled example into tmp_path/name with `nightlab init --example`, replace each `old` text
-    of its nightlab.toml (which must be there) by `new` and commit that; returns `nl(*args)`, which runs
-    the real CLI in the copy and asserts exit code 0."""
+    of its nightlab.toml (which must be there) by `new`, add `files`, and commit that; returns
+    `nl(*args, timeout=300)`, which runs the real CLI in the copy and asserts exit code 0."""
     env = isolated_env(tmp_path / "home") | {"COLUMNS": "200"}
     dest = tmp_path / name
 
-    def nl(*args: str) -> subprocess.CompletedProcess:
+    def nl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run([*CLI, *args], cwd=dest if dest.exists() else tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, f"nightlab {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
@@ -35,7 +35,10 @@ def example_cli(tmp_path: Path, name: str, config_edits: list[tuple[str, str]]):
         assert old in toml, old
         toml = toml.replace(old, new)
     (dest / "nightlab.toml").write_text(toml)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a quick config", cwd=dest, env=env)
+    for rel, text in (files or {}).items():
+        (dest / rel).write_text(text)
+    git("add", "-A", cwd=dest, env=env)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a quick config", cwd=dest, env=env)
     return nl
 
 

@@ -7,8 +7,11 @@ and SSE). No LLM service is reachable from CI, so this is the one fake the tests
 
 A scenario is a list of replies; the reply for a request is chosen by how many assistant turns the
 conversation already holds (so a client that retries a request gets the same reply again). Each reply
-is some text and/or tool calls. `errors` is a queue of HTTP statuses returned before any scripted reply
-(e.g. `[429]` for one rate limit). Every request is recorded for assertions.
+is some text and/or tool calls, optionally cut at the client's token limit (`truncated`) or slow (`delay`).
+`errors` is a queue of HTTP statuses returned before any scripted reply (e.g. `[429]` for one rate
+limit). `models` is what the model list serves (GET /v1/models; one model's lookup answers 404 for any
+other); left out, the list is empty and any model is known. Every request is recorded for assertions:
+model requests in `requests`, GETs (model lists and lookups) in `lookups`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Reply:
     calls: list[Call] = field(default_factory=list)
     tokens_in: int = 100
     tokens_out: int = 20
+    truncated: bool = False  # the reply stopped at the client's max_tokens
+    delay: float = 0.0  # seconds this reply takes, on top of the server's delay
 
 
 def text(t: str) -> Reply:
@@ -70,13 +75,15 @@ class MockLLM(LoopbackServer):
     """`with MockLLM([...]) as m:` serves on `m.url`; `m.requests` holds what clients sent."""
 
     def __init__(self, script: list[Reply] | dict[str, list[Reply]], errors: list[int] | None = None,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, models: tuple[str, ...] | None = None) -> None:
         # A dict holds one script per conversation, chosen by a marker the request contains (e.g. the
         # brief's "# Trial 2:" heading), since each trial is a fresh conversation starting at step 0.
         self.scripts = script if isinstance(script, dict) else {"": script}
         self.errors = list(errors or [])
         self.delay = delay  # seconds each reply takes, as a model thinking would
+        self.models = models
         self.requests: list[Request] = []
+        self.lookups: list[Request] = []
         self.lock = threading.Lock()
         self.serve(_handler(self))
 
@@ -147,7 +154,8 @@ def _anthropic(reply: Reply, model: str) -> dict:
     content += [{"type": "tool_use", "id": f"toolu_{next(_ids):06d}", "name": c.name, "input": c.args}
                 for c in reply.calls]
     return {"id": f"msg_{next(_ids):06d}", "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": "tool_use" if reply.calls else "end_turn", "stop_sequence": None,
+            "content": content, "stop_sequence": None,
+            "stop_reason": "max_tokens" if reply.truncated else "tool_use" if reply.calls else "end_turn",
             "usage": {"input_tokens": reply.tokens_in, "output_tokens": reply.tokens_out,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
 
@@ -180,7 +188,7 @@ def _chat(reply: Reply, model: str) -> dict:
                                   "function": {"name": c.name, "arguments": json.dumps(c.args)}} for c in reply.calls]
     return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if reply.calls else "stop"}],
+                         "finish_reason": "length" if reply.truncated else "tool_calls" if reply.calls else "stop"}],
             "usage": {"prompt_tokens": reply.tokens_in, "completion_tokens": reply.tokens_out,
                       "total_tokens": reply.tokens_in + reply.tokens_out}}
 
@@ -236,8 +244,17 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             with mock.lock:
-                mock.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, {}, 0))
-            self._json(200, {"object": "list", "data": [{"id": "mock-model", "object": "model", "type": "model"}]})
+                mock.lookups.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, {}, 0))
+            path = self.path.split("?")[0].rstrip("/")
+            if not path.endswith("/models"):  # one model's lookup (the Anthropic SDK's models.retrieve)
+                name = path.rsplit("/", 1)[-1]
+                if mock.models is not None and name not in mock.models:
+                    return self._json(404, {"type": "error", "error": {"type": "not_found_error",
+                                                                       "message": f"model: {name}"}})
+                return self._json(200, {"id": name, "type": "model", "display_name": name,
+                                        "created_at": "2025-01-01T00:00:00Z"})
+            self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "type": "model", "created": 0,
+                                                         "owned_by": "mock"} for m in mock.models or ()]})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
@@ -252,8 +269,8 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
                 error = mock.errors.pop(0) if mock.errors else None
             if error:
                 return self._error(error)
-            time.sleep(mock.delay)
             reply = mock.reply_for(raw.decode(), step)
+            time.sleep(mock.delay + reply.delay)  # a slow model, as a client sees it
             model, stream = body.get("model", "mock-model"), bool(body.get("stream"))
             if path.endswith("/v1/messages"):
                 msg = _anthropic(reply, model)
@@ -280,7 +297,13 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            self._write(data)
+
+        def _write(self, data: bytes) -> None:
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a trial's deadline)
+                self.close_connection = True
 
         def _sse(self, events: list[tuple[str, dict]], done: bool = False) -> None:
             chunks = [(f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n" for name, data in events]
@@ -292,6 +315,6 @@ def _handler(mock: MockLLM) -> type[BaseHTTPRequestHandler]:
             self.send_header("cache-control", "no-cache")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            self._write(data)
 
     return Handler

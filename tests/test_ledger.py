@@ -30,11 +30,16 @@ def columns(path: Path, table: str) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
-def test_an_old_ledger_opens_and_gains_what_it_lacks(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def old_ledger(path: Path) -> Ledger:
+    """A ledger an older nightlab wrote (OLD_SCHEMA), opened by this one."""
     with sqlite3.connect(path) as db:
         db.executescript(OLD_SCHEMA)
-    ledger = Ledger(path)
+    return Ledger(path)
+
+
+def test_an_old_ledger_opens_and_gains_what_it_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = old_ledger(path)
     try:
         assert ledger.migrations() == list(MIGRATIONS)
         trials = ledger.trials()
@@ -91,5 +96,18 @@ def test_verify_rows_round_trip(tmp_path: Path) -> None:
         assert ledger.latest_verify() == [row | {"final": False}]
         assert ledger.next_verify_run() == 2
         assert [name for name, _, _ in ledger.verify_tables()] == ["verify"]
+    finally:
+        ledger.close()
+
+
+def test_agent_seconds_and_agent_come_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert {"trials.agent_seconds", "trials.agent"} <= set(ledger.migrations())
+        assert [(t.agent_seconds, t.agent) for t in ledger.trials()] == [(0.0, "")] * 3  # older trials: unknown
+        rec = ledger.trial(2)
+        rec.agent_seconds, rec.agent = 12.5, "openai local @ http://127.0.0.1:8080/v1"
+        ledger.save(rec)
+        assert ledger.trial(2).agent_seconds == 12.5 and ledger.trial(2).agent.startswith("openai local")
     finally:
         ledger.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nightlab import program
+from nightlab.agents import clirun, toolloop
 from nightlab.config import Config
 from nightlab.ledger import TrialRecord
 
@@ -75,9 +76,36 @@ def test_brief_snapshot(tmp_path: Path) -> None:
     trials = ledger(["baseline", "keep", "discard", "crash"])
     trials[3].metric, trials[3].reason, trials[3].description = None, "exit code 1", ""
     trials[2].delta = 0.002
+    (tmp_path / "train.py").write_text("LR = 0.1\nprint(f'val_loss: {LR}')\n")
     brief = program.brief(cfg, 4, trials, best=0.99, noise=0.001, scratchpad=program.SCRATCHPAD,
-                          failure_tail="Traceback (most recent call last):\nZeroDivisionError")
+                          failure_tail="Traceback (most recent call last):\nZeroDivisionError", workdir=tmp_path,
+                          reply=toolloop.ToolLoopAgent.reply)
     assert brief.phase == "2 Architecture" and brief.editable == ["train.py"] and brief.best == 0.99
     if os.environ.get("NIGHTLAB_UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(brief.text)
     assert brief.text == SNAPSHOT.read_text(), "the brief changed: rerun with NIGHTLAB_UPDATE_SNAPSHOTS=1 and review"
+
+
+def test_the_brief_closes_with_the_agents_own_reply_instructions(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    (tmp_path / "train.py").write_text("LR = 0.1\n")
+    def closing(reply: str) -> str:
+        text = program.brief(cfg, 1, ledger(["baseline"]), 1.0, None, "", "", workdir=tmp_path, reply=reply).text
+        return text.rsplit("\n## ", 1)[1]
+
+    api = closing(toolloop.ToolLoopAgent.reply)  # API agents end with the finish tool, and never with prose lines
+    assert api.startswith("Reply\n\n") and "call `finish`" in api and "DESCRIPTION" not in api
+    cli = closing(clirun.REPLY)  # CLI agents have no finish tool: their last lines carry the description
+    assert cli.startswith("Reply\n\n") and "DESCRIPTION:" in cli and "HYPOTHESIS:" in cli and "finish" not in cli
+    assert "## Reply" not in program.brief(cfg, 1, ledger(["baseline"]), 1.0, None, "", "").text  # optuna, scripted
+    assert "finish" not in clirun.system_prompt(cfg) and "DESCRIPTION:" in clirun.system_prompt(cfg)
+
+
+def test_small_editable_files_are_shown_in_the_brief(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    def shown(size: int) -> bool:
+        (tmp_path / "train.py").write_text("# pad\n" * (size // 6))
+        text = program.brief(cfg, 1, ledger(["baseline"]), 1.0, None, "", "", workdir=tmp_path, reply="R").text
+        return "### train.py\n\n````python\n# pad" in text
+
+    assert shown(program.INLINE_BYTES - 100) and not shown(program.INLINE_BYTES + 100)

@@ -62,6 +62,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache INFO lines are noise here
+    for name in ("httpx", "httpx2"):  # the API agents' SDKs' HTTP clients: one INFO line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _load(path: Path | None) -> config.Config:

@@ -142,8 +142,12 @@ class AgentConfig(Section):
     max_turns: int = Field(30, ge=1)  # model turns per trial
     max_tokens: int = Field(400_000, ge=1)  # input + output tokens per trial
     reply_tokens: int = Field(8192, ge=1)  # output tokens per model reply
-    max_retries: int = Field(4, ge=0)  # on rate limits and 5xx, with exponential backoff
-    timeout_s: float = Field(900, gt=0)  # one trial's agent call (CLI agents: the whole process)
+    max_retries: int = Field(4, ge=0)  # on rate limits, 5xx and lost connections, with exponential backoff
+    timeout_s: float = Field(900, gt=0)  # one trial's whole proposal: every request and retry (CLI: the process)
+    # API agents' sampling; unset: the server's default
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)  # anthropic, and OpenAI-compatible local servers (not OpenAI itself)
     prices: dict[str, Price] = {}  # model (or model prefix) → $/Mtok, over the built-in table
     continue_session: bool = False  # claude-code: continue one session across trials
     command: str = ""  # claude-code / codex: the CLI to run (default: the one `make test` installs, else PATH)
@@ -206,6 +210,27 @@ class Config(Section):
     @property
     def primary(self) -> Metric:
         return Metric(self.metric.name, self.metric.goal)
+
+
+# [agent] keys that say how the agent is reached and sampled, not what a trial measures: they may change without a
+# commit (between sessions of a tag, or for a new tag), since every trial records the agent that proposed it.
+ENDPOINT_KEYS = ("model", "base_url", "temperature", "top_p", "top_k", "timeout_s", "max_retries", "reply_tokens")
+
+
+def same_but_endpoint(a: str, b: str) -> bool:
+    """Whether two nightlab.toml texts differ at most in the ENDPOINT_KEYS of [agent]."""
+    try:
+        tables = [tomllib.loads(a), tomllib.loads(b)]
+    except tomllib.TOMLDecodeError:
+        return False
+    for t in tables:
+        agent = t.get("agent")
+        if isinstance(agent, dict):
+            for key in ENDPOINT_KEYS:
+                agent.pop(key, None)
+            if not agent:
+                del t["agent"]
+    return tables[0] == tables[1]
 
 
 def find_config(start: Path | None = None) -> Path:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightlab import metrics, per_example, program
-from nightlab.agents import Agent, capable
+from nightlab.agents import Agent, capable, reply
 from nightlab.config import Config
 from nightlab.executors import Job
 from nightlab.ledger import Ledger, TrialRecord
@@ -37,18 +39,21 @@ class Lab:
         # An agent that is not `concurrent` is asked by one trial at a time, whatever the slots.
         self.agent_lock = None if capable(self.agent, "concurrent") else threading.Lock()
 
-    def ask(self, ws: Workspace, brief: Brief) -> Proposal:
-        if self.agent_lock is None:
-            return self.agent.propose(ws.dir, brief)
-        with self.agent_lock:
-            return self.agent.propose(ws.dir, brief)
+    def ask(self, ws: Workspace, brief: Brief, rec: TrialRecord) -> Proposal:
+        """The agent's proposal; the seconds it took (failed or not) are added to `rec`'s agent_seconds."""
+        with self.agent_lock or nullcontext():
+            start = time.monotonic()
+            try:
+                return self.agent.propose(ws.dir, brief)
+            finally:
+                rec.agent_seconds += time.monotonic() - start
 
     def brief(self, n: int, ws: Workspace, failure_tail: str = "") -> Brief:
         """Trial n's brief, written against the best as it is now and the scratchpad as `ws` holds it."""
         pad = ws.dir / self.cfg.project.scratchpad
         scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
         return program.brief(self.cfg, n, self.ledger.trials(), self.best().metric, self.noise(), scratchpad,
-                             failure_tail, self.ledger.get("eval_se"))
+                             failure_tail, self.ledger.get("eval_se"), ws.dir, reply(self.agent))
 
     def failure_tail(self) -> str:
         """The end of the last finished trial's log when it crashed or timed out (the agent should see why)."""

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS trials (
     description TEXT, hypothesis TEXT, reason TEXT, phase TEXT,
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
-    started REAL, finished REAL, hardware TEXT
+    started REAL, finished REAL, hardware TEXT,
+    agent_seconds REAL, agent TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -62,6 +63,8 @@ def _add_column(table: str, column: str, kind: str) -> Callable[[sqlite3.Connect
 # A new TrialRecord field needs its column in SCHEMA and a migration here.
 MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.hardware": _add_column("trials", "hardware", "TEXT"),
+    "trials.agent_seconds": _add_column("trials", "agent_seconds", "REAL NOT NULL DEFAULT 0"),
+    "trials.agent": _add_column("trials", "agent", "TEXT NOT NULL DEFAULT ''"),
 }
 
 
@@ -87,6 +90,20 @@ class TrialRecord:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     hardware: str = ""  # what its runs trained on ("cpu", GPU models): fixed-time results depend on it
+    agent_seconds: float = 0.0  # the agent's time on its proposal, failed ones too (`seconds` is the runs')
+    agent: str = ""  # the agent, model and endpoint that proposed it: they may change between sessions of a tag
+
+    def add_run(self, seconds: float, hardware: str) -> None:
+        """Any run's time and hardware (a lost or failed one took them too)."""
+        self.seconds += seconds
+        if hardware and hardware not in self.hardware.split("; "):
+            self.hardware = "; ".join(filter(None, [self.hardware, hardware]))
+
+    def add_values(self, values: dict[str, float], metric: str) -> None:
+        """A successful run's values: each metric's running mean over the runs, and the primary's in `runs`."""
+        done = len(self.runs)
+        self.metrics = {m: (self.metrics.get(m, v) * done + v) / (done + 1) for m, v in values.items()}
+        self.runs.append(values[metric])
 
     def public(self) -> dict:
         """The `nightlab log --json` object for this trial."""

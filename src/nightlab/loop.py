@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import crashpoint
-from nightlab.agents import Agent
+from nightlab.agents import Agent, describe
 from nightlab.baseline import Baseline
 from nightlab.config import Config
 from nightlab.executors import Executor
@@ -82,7 +82,8 @@ class Loop:
     def _propose(self) -> None:
         """A new trial from the best, in a worktree of its own; the agent's turn may run in another thread."""
         n = self.lab.ledger.trials()[-1].n + 1
-        rec = TrialRecord(n=n, parent=self.lab.best().commit_sha, seed=1000 * n)
+        rec = TrialRecord(n=n, parent=self.lab.best().commit_sha, seed=1000 * n,
+                          agent=describe(self.lab.agent, self.lab.cfg))
         trial = Trial(self.lab, rec, self.scheduler.worktree())
         self.scheduler.propose(trial, trial.brief())
 

@@ -22,6 +22,10 @@ SCRATCHPAD = """# Scratchpad
 ## Next ideas
 """
 RECENT = 15
+# The editable files are shown in the brief when together they are at most this many bytes (about 4,000
+# tokens): a small model then need not spend a turn, or a guess, reading them. Larger files cost every trial
+# that many tokens, and read_file shows them anyway.
+INLINE_BYTES = 16_000
 
 
 @dataclass(frozen=True)
@@ -94,32 +98,51 @@ def noise_text(noise: float | None, eval_se: float | None) -> str:
     return f"run-to-run noise: {seed}{evaluation}"
 
 
+def editable_text(cfg: Config, workdir: Path) -> str:
+    """The editable files as the trial starts, in fenced blocks ('' when they are larger than INLINE_BYTES)."""
+    files = [(name, workdir / name) for name in cfg.project.editable]
+    if sum(p.stat().st_size for _, p in files if p.is_file()) > INLINE_BYTES:
+        return ""
+    blocks = [f"### {name}\n\n````{'python' if name.endswith('.py') else ''}\n{p.read_text(errors='replace').rstrip()}"
+              "\n````" for name, p in files if p.is_file()]
+    return "## The editable files as they are now\n\n" + "\n\n".join(blocks) if blocks else ""
+
+
 def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, noise: float | None,
-          scratchpad: str, failure_tail: str, eval_se: float | None = None) -> Brief:
+          scratchpad: str, failure_tail: str, eval_se: float | None = None, workdir: Path | None = None,
+          reply: str = "") -> Brief:
+    """What the agent is told for trial `n`. `reply` is the agent's own closing instructions (agents.reply), last
+    since small models do what the last paragraph says; with it, small editable files in `workdir` are shown.
+
+    What stays the same from trial to trial (program.md, the phase, the rules, the files until a keep) comes
+    first and what changes (the trial, the standings, the scratchpad) after it, so that a server's prompt
+    cache reuses the first part: on a CPU, reading the prompt is most of a local model's time."""
     general, phases = read_program(cfg)
     phase = current_phase(phases, trials, cfg)
-    m = cfg.metric
-    parts = [f"# Trial {n}: make ONE experiment", general]
-    if phase:
-        parts.append(f"## Current phase: Phase {phase.number} — {phase.title}\n\n{phase.body}")
+    parts = [general, f"## Current phase: Phase {phase.number} — {phase.title}\n\n{phase.body}" if phase else "",
+             rules(cfg), editable_text(cfg, workdir) if reply and workdir else ""]
     best_text = f"{best:.6g}" if best is not None else "unknown"
-    parts.append(f"## Where things stand\n\nMetric: `{m.name}` ({m.goal}). Best so far: {best_text}; "
-                 f"{noise_text(noise, eval_se)}.\n\n{trial_table(trials, noise)}")
+    parts.append(f"## Trial {n}: make ONE experiment\n\nWhere things stand. Metric: `{cfg.metric.name}` "
+                 f"({cfg.metric.goal}). Best so far: {best_text}; {noise_text(noise, eval_se)}.\n\n"
+                 f"{trial_table(trials, noise)}")
     if failure_tail:
         parts.append(f"## The last failure's log tail\n\n```\n{failure_tail}\n```")
     parts.append(f"## Scratchpad ({cfg.project.scratchpad})\n\n{scratchpad}")
-    constraints = ", ".join(f"{c.name} ≤ {c.max:g}" if c.max is not None else f"{c.name} ≥ {c.min:g}"
-                            for c in m.constraints) or "none"
-    parts.append(
-        "## Rules\n\n"
-        f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} "
-        "with what you tried and learned.\n"
-        "- One change per trial. No new files, no new dependencies.\n"
-        f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); "
-        f"it is killed at {cfg.run.timeout_s:g} s.\n"
-        f"- Hard constraints: {constraints}.\n"
-        "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.\n\n"
-        "## Reply\n\nA one-line description of the change, then one sentence of hypothesis (why it should help).")
+    if reply:
+        parts.append(f"## Reply\n\n{reply}")
     text = "\n\n".join(p for p in parts if p)
     return Brief(trial=n, text=text, editable=list(cfg.project.editable), metric=cfg.primary, best=best,
                  noise=noise, phase=phase.label if phase else "")
+
+
+def rules(cfg: Config) -> str:
+    constraints = ", ".join(f"{c.name} ≤ {c.max:g}" if c.max is not None else f"{c.name} ≥ {c.min:g}"
+                            for c in cfg.metric.constraints) or "none"
+    return ("## Rules\n\n"
+            f"- Edit only {', '.join(cfg.project.editable)}, and update {cfg.project.scratchpad} "
+            "with what you tried and learned.\n"
+            "- One change per trial. No new files, no new dependencies.\n"
+            f"- Training gets a fixed budget of {cfg.run.budget_s:g} s (NIGHTLAB_BUDGET_S); "
+            f"it is killed at {cfg.run.timeout_s:g} s.\n"
+            f"- Hard constraints: {constraints}.\n"
+            "- Do not run training yourself: the harness runs it, measures it and keeps or reverts your change.")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nightlab import crashpoint, metrics, project
-from nightlab.agents import Agent, load_agent
+from nightlab.agents import Agent, check, load_agent
 from nightlab.config import Config
 from nightlab.errors import TrialFailed, UsageError
 from nightlab.executors import Executor, load_executor
@@ -38,11 +38,12 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     program = cfg.root / cfg.project.program
     if "program" in cfg.project.model_fields_set and not program.is_file():  # named, so not optional: a typo
         raise UsageError(f"{cfg.path}: project.program: {program} not found")
+    agent = load_agent(cfg.agent.name, cfg, state)
+    check(agent)  # an endpoint that cannot work fails here, before the baseline and before anything is recorded
     ex = cfg.executor
     executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots,
                              **({"inline": True} if ex.name == "local" and ex.slots == 1 and not ex.pipeline else {}))
     try:
-        agent = load_agent(cfg.agent.name, cfg, state)
         return _run(cfg, tag, state, fresh, agent, executor, Limits(max_trials=max_trials, hours=hours), notify)
     finally:
         executor.shutdown()

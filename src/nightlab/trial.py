@@ -68,7 +68,7 @@ class Trial:
     def make(self, brief: Brief) -> None:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
         rec, ws, out = self.rec, self.tree, self.lab.run_dir(self.rec.n)
-        proposal = self.lab.ask(ws, brief)
+        proposal = self.lab.ask(ws, brief, rec)
         (out / "agent.log").write_text(proposal.transcript)
         rec.hypothesis = proposal.hypothesis
         rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
@@ -127,9 +127,7 @@ class Trial:
         lab.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
                                 out.hardware, out.host)
         crashpoint.reached("run.finished")
-        rec.seconds += out.seconds
-        if out.hardware and out.hardware not in rec.hardware.split("; "):
-            rec.hardware = "; ".join(filter(None, [rec.hardware, out.hardware]))
+        rec.add_run(out.seconds, out.hardware)
         if out.status == Status.LOST:
             self.lost[k] = self.lost.get(k, 0) + 1
             if self.lost[k] <= LOST_RETRIES:
@@ -140,9 +138,7 @@ class Trial:
             out.status, out.reason = Status.INVALID, why
         if out.status is not None:
             return self._failed(out)
-        done = len(rec.runs)  # the running mean of every metric over the trial's runs
-        rec.metrics = {m: (rec.metrics.get(m, v) * done + v) / (done + 1) for m, v in out.values.items()}
-        rec.runs.append(out.values[name])
+        rec.add_values(out.values, name)
         if out.examples is not None:
             self.examples.append(out.examples)
             lab.ledger.save_examples(rec.n, k, out.examples)
@@ -153,11 +149,9 @@ class Trial:
         return per_example.mismatch(self.lab.examples(0), out.examples)
 
     def _failed(self, out: RunOutcome) -> Next:
-        rec = self.rec
         assert out.status is not None, "only a failed run gets here"
-        rec.status, rec.reason = out.status, out.reason
-        if out.status == Status.LOST:
-            rec.reason = f"lost {LOST_RETRIES + 1} times ({out.reason})"
+        why = f"lost {LOST_RETRIES + 1} times ({out.reason})" if out.status == Status.LOST else out.reason
+        self.rec.status, self.rec.reason = out.status, why
         return Next.RECORD
 
     # -- decide -------------------------------------------------------------------------------------------
@@ -210,7 +204,7 @@ class Trial:
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
         try:
-            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws)), told)  # described against the new best
+            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws), rec), told)  # against the new best
         except (AgentFailed, EditRejected):
             rec.description = told
             ws.reset(best.commit_sha)

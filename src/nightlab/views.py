@@ -56,6 +56,7 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "phase": trials[-1].phase if trials else "",
         "branch": branch,
         "seconds": sum(t.seconds for t in trials),
+        "agent_seconds": sum(t.agent_seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
         "running": [t.n for t in trials if t.status == Status.RUNNING],
         **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
@@ -103,7 +104,7 @@ def summary_table(s: dict) -> Table:
             ("trials", f"{s['trials']} after the baseline, {s['kept']} kept"),
             (s["metric_name"], f"baseline {fmt(s['baseline'])}{noise} → best {fmt(s['best'])} "
                                f"(trial {s['best_trial']}, delta {fmt(s['delta'], True)}{pct}; {s['goal']})"),
-            ("time", f"{s['seconds'] / 60:.1f} min of runs"), ]
+            ("time", f"{s['seconds'] / 60:.1f} min of runs, {s['agent_seconds'] / 60:.1f} min of the agent"), ]
     if s.get("examples"):
         rows.append(("evaluation", f"{s['examples']} examples per run, σ {s['eval_se']:.3g} (paired comparisons)"))
     if s.get("keep_rule"):
@@ -178,7 +179,7 @@ def where(cfg: Config, tag: str) -> str:
     return "\n".join(lines)
 
 
-TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware"]
+TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware", "agent_seconds", "agent"]
 
 
 def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
@@ -189,7 +190,7 @@ def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
         mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
         cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
                  str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or ""]
+                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent]
         lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")

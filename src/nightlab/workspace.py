@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import crashpoint, repair
+from nightlab.config import CONFIG_NAME, same_but_endpoint
 from nightlab.errors import EditRejected, NightlabError, UsageError
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,21 @@ class Workspace:
     def _check_clean(self) -> None:
         if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=self.repo, check=False):
             raise UsageError("the repository has no commits yet: commit your project first")
-        dirty = git("diff", "--name-only", "HEAD", cwd=self.repo)
+        changed = git("diff", "--name-only", "HEAD", cwd=self.repo).splitlines()
+        dirty = [f for f in changed if not self._endpoint_only(f)]
         if dirty:
-            files = ", ".join(dirty.splitlines()[:5])
+            files = ", ".join(dirty[:5])
             raise UsageError(f"the working tree has uncommitted changes ({files}); commit or stash them first")
         for f in self.editable:
             if not git("ls-files", "--", f, cwd=self.root, check=False):  # fails for a path outside the repo
                 raise UsageError(f"editable file {f} is not committed in the repository")
+
+    def _endpoint_only(self, path: str) -> bool:
+        """A nightlab.toml whose only changes are the agent's endpoint or model (config.ENDPOINT_KEYS)."""
+        if path != (self.sub / CONFIG_NAME).as_posix() or not (self.repo / path).is_file():
+            return False
+        committed = git("show", f"HEAD:{path}", cwd=self.repo, check=False)
+        return same_but_endpoint(committed, (self.repo / path).read_text(errors="replace"))
 
     def link_data(self, paths: list[str]) -> None:
         """Make project-relative data visible at the same relative path inside the worktree."""

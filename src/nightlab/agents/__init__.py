@@ -37,6 +37,12 @@ class Agent(Protocol):
     # A trial whose parent is no longer the best is proposed again on the new best (its proposal is absolute,
     # like optuna's parameter values), instead of having its commit cherry-picked there.
     reproposes: ClassVar[bool] = False
+    # How the agent's reply must end (the brief's closing section, program.brief). Empty for an agent that does not
+    # read the brief; then the brief has no closing section and shows no file contents.
+    reply: ClassVar[str] = ""
+
+    # An agent may also define `check(self) -> None`: called once before a run's first trial, it raises UsageError
+    # when the agent cannot work at all (an endpoint that does not answer, a model it does not know).
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal: ...
 
@@ -52,6 +58,24 @@ def load_agent(name: str, config: Config, state_dir: Path) -> Agent:
     keeps whatever must survive a resume.
     """
     return plugin(name, AGENTS, f"unknown agent {name!r} (known: {{known}})")(config, state_dir)
+
+
+def check(agent: Agent) -> None:
+    """The agent's start-up check, for an agent that has one."""
+    if callable(fn := getattr(agent, "check", None)):
+        fn()
+
+
+def reply(agent: Agent) -> str:
+    """The closing instructions of the agent's brief ('' for one that does not read it)."""
+    return str(getattr(agent, "reply", ""))
+
+
+def describe(agent: Agent, config: Config) -> str:
+    """Which agent, model and endpoint made a trial (they may change between sessions of a tag)."""
+    model = getattr(agent, "model", "") or config.agent.model
+    where = getattr(agent, "where", "") or config.agent.base_url
+    return " ".join(filter(None, [config.agent.name, model, where and f"@ {where}"]))
 
 
 def capable(agent: Agent, flag: Literal["concurrent", "reproposes"]) -> bool:

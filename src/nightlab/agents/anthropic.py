@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nightlab.agents import require, toolloop
+from nightlab.agents import endpoint, require, toolloop
 from nightlab.agents.prices import Usage
 from nightlab.agents.toolloop import ToolCall, Turn
 from nightlab.config import Config
@@ -31,10 +31,28 @@ class AnthropicAgent(toolloop.ToolLoopAgent):
         base = config.agent.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         if not (key or token or base):
             raise UsageError("agent anthropic: set ANTHROPIC_API_KEY (or [agent] base_url for a keyless endpoint)")
-        # The SDK retries 429/5xx itself with exponential backoff (honouring retry-after); bound it.
+        self.where = base or "https://api.anthropic.com"
+        self.source = f"{config.path}: agent.base_url" if config.agent.base_url else \
+            "ANTHROPIC_BASE_URL" if base else "agent anthropic"
+        # Retries are the tool loop's, within the trial's deadline (endpoint.py).
         self.client = self.sdk.Anthropic(api_key=key or (None if token else "none"), auth_token=token,
-                                         base_url=base, max_retries=config.agent.max_retries,
-                                         timeout=config.agent.timeout_s)
+                                         base_url=base, max_retries=0, timeout=config.agent.timeout_s)
+        a = config.agent
+        # in the body's extra fields: this SDK's methods no longer take sampling arguments, the API still does
+        sampling = {k: v for k, v in (("temperature", a.temperature), ("top_p", a.top_p), ("top_k", a.top_k))
+                    if v is not None}
+        self.sampling = {"extra_body": sampling} if sampling else {}
+
+    def probe(self) -> None:
+        """Look the model up: an unreachable endpoint or an unknown model is a usage error."""
+        try:
+            self.client.models.retrieve(self.model, timeout=min(30.0, self.cfg.agent.timeout_s))
+        except self.sdk.NotFoundError as e:
+            if self.model in str(e):  # not a compatible server without this route, which answers 404 as well
+                raise UsageError(f"{self.cfg.path}: agent.model: {self.where} does not know {self.model!r}") from None
+        except self.sdk.APIError as e:
+            if bad := endpoint.unreachable(self.sdk, e, self.source, self.where):
+                raise bad from None
 
     @property
     def chat_class(self) -> type:
@@ -49,14 +67,15 @@ class _Chat:
         self.messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": brief,
                                                                    "cache_control": CACHED}]}]
 
-    def send(self) -> Turn:
+    def send(self, timeout: float) -> Turn:
         a = self.agent
         try:
             with a.client.messages.stream(model=a.model, max_tokens=a.cfg.agent.reply_tokens, system=self.system,
-                                          tools=self.tools, messages=self.messages) as stream:
+                                          tools=self.tools, messages=self.messages, timeout=timeout,
+                                          **a.sampling) as stream:
                 msg = stream.get_final_message()
         except a.sdk.APIError as e:
-            raise AgentFailed(f"anthropic API error: {_short(e)}") from None
+            raise endpoint.failure(a.sdk, e, "anthropic", a.where) from None
         content, calls, said = [], [], []
         for block in msg.content:
             if block.type == "text":
@@ -72,7 +91,7 @@ class _Chat:
         read, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
         usage = Usage(tokens_in=u.input_tokens + read + write, tokens_out=u.output_tokens, cache_read=read,
                       cache_write=write)
-        return Turn("\n".join(said), calls, usage)
+        return Turn("\n".join(said), calls, usage, truncated=msg.stop_reason == "max_tokens")
 
     def results(self, results: list[tuple[ToolCall, str, bool]]) -> None:
         self.messages.append({"role": "user", "content": [
@@ -81,8 +100,3 @@ class _Chat:
     def say(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
 
-
-def _short(e: Exception) -> str:
-    status = getattr(e, "status_code", None)
-    text = " ".join(str(e).split())[:200]
-    return f"{status}: {text}" if status else text

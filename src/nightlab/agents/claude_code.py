@@ -23,21 +23,17 @@ from pathlib import Path
 from nightlab.agents import Agent, clirun
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost, price_for
-from nightlab.agents.toolloop import system_prompt
 from nightlab.config import Config
 from nightlab.errors import AgentFailed
 from nightlab.types import Brief, Proposal, Status
 
-REPLY = """
-
-When you are done, end your reply with exactly two lines:
-DESCRIPTION: <one line: what you changed>
-HYPOTHESIS: <one sentence: why it should help>"""
 QUIET = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
          "DISABLE_ERROR_REPORTING": "1"}
 
 
 class ClaudeCodeAgent(Agent):
+    reply = clirun.REPLY
+
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "claude")
@@ -72,10 +68,10 @@ class ClaudeCodeAgent(Agent):
         allowed += ["WebFetch", "WebSearch"] if web else []
         deny = ["Bash", "Write", "NotebookEdit", *(f"Edit({f})" for f in cfg.project.protected), "Edit(.git/**)"]
         deny += [] if web else ["WebFetch", "WebSearch"]
-        argv = [self.cli, "-p", brief.text + REPLY, "--output-format", "stream-json", "--verbose",
+        argv = [self.cli, "-p", brief.text, "--output-format", "stream-json", "--verbose",
                 "--max-turns", str(cfg.agent.max_turns), "--tools", ",".join(tools),
                 "--allowedTools", ",".join(allowed), "--settings", json.dumps({"permissions": {"deny": deny}}),
-                "--append-system-prompt", system_prompt(cfg) + REPLY]
+                "--append-system-prompt", clirun.system_prompt(cfg)]
         if cfg.agent.model:
             argv += ["--model", cfg.agent.model]
         session = self._session()

@@ -16,12 +16,25 @@ import signal
 import subprocess
 from pathlib import Path
 
+from nightlab.agents import toolloop
 from nightlab.config import Config
 from nightlab.errors import AgentFailed, UsageError
+
+# How a CLI agent's trial ends: it has its own tools and no `finish`, so its final reply names the change
+# (claude_code.reply_lines reads these lines). The brief closes with REPLY; the system prompt says it too.
+REPLY = """When you are done, end your reply with exactly two lines:
+DESCRIPTION: <one line: what you changed>
+HYPOTHESIS: <one sentence: why it should help>"""
+END = "end your reply with a DESCRIPTION line and a HYPOTHESIS line"
+LAST = "- Always end with those two lines (below). Without them the trial has no description."
 
 # `make test` installs the pinned CLIs here (npm, inside the repository, git-ignored).
 TOOLS = Path(__file__).resolve().parents[3] / ".nightlab-tools"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def system_prompt(cfg: Config) -> str:
+    return toolloop.system_prompt(cfg, END, LAST) + "\n" + REPLY
 
 
 def find_cli(configured: str, name: str) -> str:

@@ -19,10 +19,9 @@ import shutil
 from pathlib import Path
 
 from nightlab.agents import Agent, clirun
-from nightlab.agents.claude_code import REPLY, reply_lines
+from nightlab.agents.claude_code import reply_lines
 from nightlab.agents.keyproxy import KeyProxy
 from nightlab.agents.prices import Usage, cost
-from nightlab.agents.toolloop import system_prompt
 from nightlab.config import Config
 from nightlab.errors import AgentFailed
 from nightlab.types import Brief, Proposal, Status
@@ -33,6 +32,8 @@ LOCKDOWN = ["sandbox_workspace_write.exclude_slash_tmp=true", "sandbox_workspace
 
 
 class CodexAgent(Agent):
+    reply = clirun.REPLY
+
     def __init__(self, config: Config, state_dir: Path) -> None:
         self.cfg, self.state_dir = config, Path(state_dir)
         self.cli = clirun.find_cli(config.agent.command, "codex")
@@ -71,7 +72,7 @@ class CodexAgent(Agent):
             argv += ["-c", setting]
         if self.cfg.agent.model:
             argv += ["-m", self.cfg.agent.model]
-        return argv + [system_prompt(self.cfg) + "\n\n" + brief.text + REPLY]
+        return argv + [clirun.system_prompt(self.cfg) + "\n\n" + brief.text]
 
     def _run(self, workspace: Path, brief: Brief, env: dict[str, str], overrides: list[str], sandbox: bool) -> Proposal:
         argv, note = self.argv(workspace, brief, overrides), "sandbox: none (your own login lives outside it)"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nightlab.agents import require, toolloop
+from nightlab.agents import endpoint, require, toolloop
 from nightlab.agents.prices import Usage
 from nightlab.agents.toolloop import ToolCall, Turn
 from nightlab.config import Config
@@ -31,9 +31,31 @@ class OpenAIAgent(toolloop.ToolLoopAgent):
         self.base = config.agent.base_url or os.environ.get("OPENAI_BASE_URL") or None
         if not (key or self.base):
             raise UsageError("agent openai: set OPENAI_API_KEY (or [agent] base_url for a local server such as Ollama)")
-        # Local servers ignore the key, but the SDK insists on one.
-        self.client = self.sdk.OpenAI(api_key=key or "local", base_url=self.base,
-                                      max_retries=config.agent.max_retries, timeout=config.agent.timeout_s)
+        self.where = self.base or "https://api.openai.com/v1"
+        # the key that names the endpoint in errors: the config's, else the SDK's variable
+        self.source = f"{config.path}: agent.base_url" if config.agent.base_url else \
+            "OPENAI_BASE_URL" if self.base else "agent openai"
+        # Local servers ignore the key, but the SDK insists on one. Retries are the tool loop's (endpoint.py).
+        self.client = self.sdk.OpenAI(api_key=key or "local", base_url=self.base, max_retries=0,
+                                      timeout=config.agent.timeout_s)
+        a = config.agent
+        self.sampling: dict[str, Any] = {k: v for k, v in (("temperature", a.temperature), ("top_p", a.top_p))
+                                         if v is not None}
+        if a.top_k is not None:
+            self.sampling["extra_body"] = {"top_k": a.top_k}
+
+    def probe(self) -> None:
+        """List the served models: an unreachable endpoint or a model it does not list is a usage error."""
+        try:
+            models = list(self.client.models.list(timeout=min(30.0, self.cfg.agent.timeout_s)))
+            ids = [name for m in models for name in [m.id, *(getattr(m, "aliases", None) or [])]]  # llama.cpp: aliases
+        except self.sdk.APIError as e:
+            if bad := endpoint.unreachable(self.sdk, e, self.source, self.where):
+                raise bad from None
+            return  # a server without a model list: the first request will say what is wrong
+        if ids and not endpoint.listed(self.model, ids):
+            raise UsageError(f"{self.cfg.path}: agent.model: {self.where} does not serve {self.model!r} "
+                             f"(it lists {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''})")
 
     @property
     def chat_class(self) -> type:
@@ -49,13 +71,14 @@ class _Chat:
         # OpenAI's own newer models refuse `max_tokens`; compatible servers mostly know only that name.
         self.cap = "max_tokens" if agent.base else "max_completion_tokens"
 
-    def send(self) -> Turn:
+    def send(self, timeout: float) -> Turn:
         a = self.agent
         try:
             done = a.client.chat.completions.create(model=a.model, messages=self.messages, tools=self.tools,
-                                                    **{self.cap: a.cfg.agent.reply_tokens})
+                                                    timeout=timeout, **{self.cap: a.cfg.agent.reply_tokens},
+                                                    **a.sampling)
         except a.sdk.APIError as e:
-            raise AgentFailed(f"openai API error: {_short(e)}") from None
+            raise endpoint.failure(a.sdk, e, "openai", a.where) from None
         if not done.choices:
             raise AgentFailed("the model sent a reply with no choices")
         msg = done.choices[0].message
@@ -71,7 +94,7 @@ class _Chat:
         details = getattr(u, "prompt_tokens_details", None) if u else None
         usage = Usage(tokens_in=u.prompt_tokens if u else 0, tokens_out=u.completion_tokens if u else 0,
                       cache_read=(getattr(details, "cached_tokens", 0) or 0) if details else 0)
-        return Turn(msg.content or "", calls, usage)
+        return Turn(msg.content or "", calls, usage, truncated=done.choices[0].finish_reason == "length")
 
     def results(self, results: list[tuple[ToolCall, str, bool]]) -> None:
         self.messages += [{"role": "tool", "tool_call_id": c.id, "content": out} for c, out, _ in results]
@@ -79,8 +102,3 @@ class _Chat:
     def say(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
 
-
-def _short(e: Exception) -> str:
-    status = getattr(e, "status_code", None)
-    text = " ".join(str(e).split())[:200]
-    return f"{status}: {text}" if status else text

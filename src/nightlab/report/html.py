@@ -94,7 +94,8 @@ def _summary(data: ReportData) -> str:
              ("delta", num(s["delta"], True), pct),
              ("noise", "deterministic" if s.get("deterministic") else num(data.noise), "σ of the baseline's seeds"),
              *([("evaluation σ", num(s["eval_se"]), f"{s['examples']} examples, paired")] if s.get("examples") else []),
-             ("hours", f"{data.hours:.2f}", f"{s['seconds'] / 3600:.2f} h of runs"),
+             ("hours", f"{data.hours:.2f}", f"{s['seconds'] / 3600:.2f} h of runs, "
+                                            f"{s['agent_seconds'] / 3600:.2f} h of the agent"),
              ("cost", f"${s['cost_usd']:.2f}", "agent spend")]
     body = "".join(f'<div class="card"><span>{esc(k)}</span><b>{esc(v)}</b><span>{esc(why)}</span></div>'
                    for k, v, why in cards)
@@ -162,7 +163,7 @@ def _cell(v: object) -> str:
 
 def _trials(data: ReportData) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("n", "status", esc(data.metric.name), "delta", "description", "phase",
-                                            "duration", "cost"))
+                                            "duration", "agent", "cost"))
     rows = "".join(_row(t, data.diffs.get(t.n, "")) for t in data.trials)
     return (f'<h2>Trials</h2><table id="trials"><thead><tr>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table>")
@@ -181,6 +182,7 @@ def _row(t: TrialRecord, diff: str) -> str:
             f'<td class="st st-{esc(t.status)}">{esc(t.status)}</td><td class=num{runs}>{esc(num(t.metric))}</td>'
             f"<td class=num>{esc(num(t.delta, True))}</td><td>{desc}</td><td class=phase>{esc(t.phase)}</td>"
             f"<td class=num>{_duration(t.seconds)}</td>"
+            f"<td class=num title=\"{esc(t.agent)}\">{_duration(t.agent_seconds) if t.agent_seconds else ''}</td>"
             f"<td class=num>{f'${t.cost_usd:.2f}' if t.cost_usd else ''}</td></tr>")
 
 

@@ -129,7 +129,8 @@ class MlflowLogger:
         values = dict(rec.metrics)
         if rec.metric is not None:
             values[self.cfg.metric.name] = rec.metric
-        values |= {"delta": rec.delta, "seconds": rec.seconds, "cost_usd": rec.cost_usd}
+        values |= {"delta": rec.delta, "seconds": rec.seconds, "agent_seconds": rec.agent_seconds,
+                   "cost_usd": rec.cost_usd}
         for key, value in values.items():
             if isinstance(value, (int, float)):
                 self.client.log_metric(rid, key, float(value), step=rec.n)
