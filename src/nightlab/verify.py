@@ -69,6 +69,15 @@ def metric_on(cfg: Config, split: str) -> str:
     return split + name[3:] if name.startswith("val") else name
 
 
+def unapply(tree: Path, patch: str, check: bool = False) -> bool:
+    """Take `patch` out of the worktree `tree`; with check=True only say whether that would work."""
+    cmd = ["git", "apply", "-R", "--unidiff-zero", "--whitespace=nowarn", *(["--check"] if check else []), "-"]
+    proc = subprocess.run(cmd, input=patch + "\n", text=True, capture_output=True, cwd=tree)
+    if proc.returncode != 0 and not check:
+        raise NightlabError(f"git apply -R failed in {tree}: {proc.stderr.strip()}")
+    return proc.returncode == 0
+
+
 class Verifier:
     def __init__(self, cfg: Config, tag: str, ledger: Ledger, opts: Options, say: Callable[[str], None]) -> None:
         self.cfg, self.tag, self.ledger, self.opts, self.say = cfg, tag, ledger, opts, say
@@ -125,7 +134,7 @@ class Verifier:
         for i, seed in enumerate(self.seeds):
             self.ws.reset(trial.commit_sha)
             if patch:
-                self._unapply(patch)
+                unapply(self.ws.tree, patch)
             self.say(f"{what}: seed {i + 1}/{len(self.seeds)}")
             run_dir = self.state / "verify" / str(self.number) / what / f"seed-{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +201,7 @@ class Verifier:
             patch = git("diff", context, parent, kept.commit_sha, "--", *self.cfg.project.editable, cwd=self.ws.dir)
             if not patch.strip():
                 return self._row("ablate", label, kept, [], [], "changed no editable file")
-            if self._unapply(patch, check=True):
+            if unapply(self.ws.tree, patch, check=True):
                 break
         else:
             return self._row("ablate", label, kept, [], [], "cannot be taken out cleanly (later changes overlap)")
@@ -201,14 +210,6 @@ class Verifier:
         except TrialFailed as e:
             return self._row("ablate", label, kept, [], [], f"without it a run fails ({e.status}: {e})")
         return self._row("ablate", label, kept, without, best_runs, "")
-
-    def _unapply(self, patch: str, check: bool = False) -> bool:
-        """Take `patch` out of the worktree; with check=True only say whether that would work."""
-        cmd = ["git", "apply", "-R", "--unidiff-zero", "--whitespace=nowarn", *(["--check"] if check else []), "-"]
-        proc = subprocess.run(cmd, input=patch + "\n", text=True, capture_output=True, cwd=self.ws.tree)
-        if proc.returncode != 0 and not check:
-            raise NightlabError(f"git apply -R failed in {self.ws.tree}: {proc.stderr.strip()}")
-        return proc.returncode == 0
 
     def _test(self) -> Row:
         """Baseline and best on the test split."""

@@ -88,6 +88,30 @@ def ignore_state_dir(root: Path) -> None:
         exclude.write_text(text + ("\n" if text and not text.endswith("\n") else "") + pattern + "\n")
 
 
+def require_committed(repo: Path, root: Path, sub: Path, editable: list[str]) -> None:
+    """A tag starts from what the user committed: refuse uncommitted changes (but for a nightlab.toml that only
+    changes the agent's endpoint or model) and editable files git does not hold."""
+    if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=repo, check=False):
+        raise UsageError("the repository has no commits yet: commit your project first")
+    config = (sub / CONFIG_NAME).as_posix()
+    changed = git("diff", "--name-only", "HEAD", cwd=repo).splitlines()
+    dirty = [f for f in changed if f != config or not _endpoint_only(repo, config)]
+    if dirty:
+        files = ", ".join(dirty[:5])
+        raise UsageError(f"the working tree has uncommitted changes ({files}); commit or stash them first")
+    for f in editable:
+        if not git("ls-files", "--", f, cwd=root, check=False):  # fails for a path outside the repo
+            raise UsageError(f"editable file {f} is not committed in the repository")
+
+
+def _endpoint_only(repo: Path, path: str) -> bool:
+    """Whether the config at `path` differs from its committed self only in the agent's endpoint or model."""
+    if not (repo / path).is_file():
+        return False
+    committed = git("show", f"HEAD:{path}", cwd=repo, check=False)
+    return same_but_endpoint(committed, (repo / path).read_text(errors="replace"))
+
+
 @dataclass
 class Workspace:
     """A worktree of branch `nightlab/<tag>` under `.nightlab/<tag>/worktree` (the user's checkout is never touched)."""
@@ -129,7 +153,7 @@ class Workspace:
                 raise UsageError(f"branch {self.branch} already exists but tag {self.tag!r} has no ledger to resume; "
                                  "pick another --tag, or delete the branch "
                                  f"(git worktree prune; git branch -D {self.branch})")
-            self._check_clean()
+            require_committed(self.repo, self.root, self.sub, self.editable)
             if git("rev-parse", "--verify", "--quiet", "refs/heads/nightlab", cwd=self.repo, check=False):
                 raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
             self.creating.parent.mkdir(parents=True, exist_ok=True)
@@ -189,27 +213,8 @@ class Workspace:
         """Put the branch back at the user's HEAD (only for a tag with no trial: nothing is lost)."""
         head = git("rev-parse", "HEAD", cwd=self.repo)
         if head != self.head():
-            self._check_clean()
+            require_committed(self.repo, self.root, self.sub, self.editable)
             self.reset(head)
-
-    def _check_clean(self) -> None:
-        if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=self.repo, check=False):
-            raise UsageError("the repository has no commits yet: commit your project first")
-        changed = git("diff", "--name-only", "HEAD", cwd=self.repo).splitlines()
-        dirty = [f for f in changed if not self._endpoint_only(f)]
-        if dirty:
-            files = ", ".join(dirty[:5])
-            raise UsageError(f"the working tree has uncommitted changes ({files}); commit or stash them first")
-        for f in self.editable:
-            if not git("ls-files", "--", f, cwd=self.root, check=False):  # fails for a path outside the repo
-                raise UsageError(f"editable file {f} is not committed in the repository")
-
-    def _endpoint_only(self, path: str) -> bool:
-        """A nightlab.toml whose only changes are the agent's endpoint or model (config.ENDPOINT_KEYS)."""
-        if path != (self.sub / CONFIG_NAME).as_posix() or not (self.repo / path).is_file():
-            return False
-        committed = git("show", f"HEAD:{path}", cwd=self.repo, check=False)
-        return same_but_endpoint(committed, (self.repo / path).read_text(errors="replace"))
 
     def link_data(self, paths: list[str]) -> None:
         """Make project-relative data visible at the same relative path inside the worktree."""
@@ -297,14 +302,6 @@ class Workspace:
     def mark(self, n: int, commit: str) -> None:
         """Keep trial n reachable whatever happens to the branch."""
         self._git("update-ref", f"refs/nightlab/{self.tag}/trial-{n}", commit)
-
-    def trial_refs(self) -> dict[int, str]:
-        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/nightlab/{self.tag}/")
-        refs = {}
-        for line in out.splitlines():
-            name, sha = line.split()
-            refs[int(name.rsplit("-", 1)[1])] = sha
-        return refs
 
     def show(self, commit: str, path: str) -> str:
         return self._git("show", f"{commit}:{(self.sub / path).as_posix()}")

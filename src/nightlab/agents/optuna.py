@@ -71,7 +71,7 @@ class OptunaAgent(Agent):
                 f" only when agent.search names them)"
             )
         self._flush_baseline(study, space)
-        current = self._current(workspace, space)
+        current = constants_now(workspace, space)
         number, params = self._params_for(study, brief.trial, space, current)
         changes: dict[str, dict[Constant, str]] = {}
         described = []
@@ -168,7 +168,7 @@ class OptunaAgent(Agent):
     def _add_baseline(self, study: Any, space: dict[str, dict], metric: float) -> None:
         """Add the original values as a completed trial, once."""
         if not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)):
-            dists = self._distributions(space)
+            dists = distributions(self.optuna, space)
             # A config range may exclude the original value; optuna then cannot hold it for that param.
             params = {k: d["baseline"] for k, d in space.items() if _contains(d, d["baseline"])}
             study.add_trial(
@@ -182,30 +182,7 @@ class OptunaAgent(Agent):
         if PENDING_ATTR in study.user_attrs:
             study.set_user_attr(PENDING_ATTR, None)
 
-    def _distributions(self, space: dict[str, dict]) -> dict[str, Any]:
-        d = self.optuna.distributions
-        out = {}
-        for key, dim in space.items():
-            if dim["kind"] == "cat":
-                out[key] = d.CategoricalDistribution(dim["choices"])
-            elif dim["kind"] == "int":
-                out[key] = d.IntDistribution(dim["low"], dim["high"], log=dim["log"])
-            else:
-                out[key] = d.FloatDistribution(dim["low"], dim["high"], log=dim["log"])
-        return out
-
     # -- proposing -------------------------------------------------------------------------------
-
-    def _current(self, workspace: Path, space: dict[str, dict]) -> dict[str, Constant]:
-        """Each searched constant as it stands in the workspace now."""
-        scanned: dict[str, dict[str, Constant]] = {}
-        for rel in {dim["file"] for dim in space.values()}:
-            path = workspace / rel
-            try:
-                scanned[rel] = find_constants(path.read_bytes()) if path.is_file() else {}
-            except SyntaxError as e:
-                raise AgentFailed(f"{rel}: cannot parse ({e.msg}, line {e.lineno})") from None
-        return {key: scanned[d["file"]][d["name"]] for key, d in space.items() if d["name"] in scanned[d["file"]]}
 
     def _params_for(
         self, study: Any, trial: int, space: dict[str, dict], current: dict[str, Constant]
@@ -214,7 +191,7 @@ class OptunaAgent(Agent):
         earlier = _trial_of(study, trial)
         if earlier is not None:
             return earlier.number, dict(earlier.params)
-        dists = self._distributions(space)
+        dists = distributions(self.optuna, space)
         # Seeded by the trial's number: a resumed run asks what an uninterrupted one would have (given the same
         # results so far), and never replays the random start-up point of an earlier trial.
         study.sampler = self.optuna.samplers.TPESampler(seed=self.config.agent.seed + 7919 * trial, constant_liar=True)
@@ -245,6 +222,32 @@ class OptunaAgent(Agent):
         worst, best = (max(values), min(values)) if minimize else (min(values), max(values))
         margin = 0.1 * abs(worst - best) or 0.1 * abs(worst) or 1.0
         return worst + margin if minimize else worst - margin
+
+
+def distributions(optuna: Any, space: dict[str, dict]) -> dict[str, Any]:
+    """Optuna's distribution for each dimension of the space."""
+    d = optuna.distributions
+    out = {}
+    for key, dim in space.items():
+        if dim["kind"] == "cat":
+            out[key] = d.CategoricalDistribution(dim["choices"])
+        elif dim["kind"] == "int":
+            out[key] = d.IntDistribution(dim["low"], dim["high"], log=dim["log"])
+        else:
+            out[key] = d.FloatDistribution(dim["low"], dim["high"], log=dim["log"])
+    return out
+
+
+def constants_now(workspace: Path, space: dict[str, dict]) -> dict[str, Constant]:
+    """Each searched constant as it stands in the workspace now."""
+    scanned: dict[str, dict[str, Constant]] = {}
+    for rel in {dim["file"] for dim in space.values()}:
+        path = workspace / rel
+        try:
+            scanned[rel] = find_constants(path.read_bytes()) if path.is_file() else {}
+        except SyntaxError as e:
+            raise AgentFailed(f"{rel}: cannot parse ({e.msg}, line {e.lineno})") from None
+    return {key: scanned[d["file"]][d["name"]] for key, d in space.items() if d["name"] in scanned[d["file"]]}
 
 
 def build_space(root: Path, editable: list[str], search: dict[str, SearchParam]) -> dict[str, dict]:
