@@ -45,6 +45,14 @@ print(f"forked: {{len(procs)}}")
 '''
 
 
+def forked(log: str) -> int:
+    """How many processes FORK_BOMB started, as it printed it: a shell it started may write into the same
+    line ("forked: 33sh: Cannot fork"), since print() writes the text and its newline separately."""
+    found = re.search(r"forked: (\d+)", log)
+    assert found, f"the fork bomb did not say how far it got:\n{log[-2000:]}"
+    return int(found.group(1))
+
+
 def sandbox_config(timeout_s: float = 20, **sandbox: object) -> dict:
     return {"sandbox": {"backend": "bwrap", "memory_gb": 2, "max_pids": 512, **sandbox},
             "run": {"command": "python train.py", "budget_s": 1, "timeout_s": timeout_s, "grace_s": 0.5}}

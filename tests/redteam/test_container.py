@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from rtkit import FORK_BOMB, SECRET, attack, sandbox_config
+from rtkit import FORK_BOMB, SECRET, attack, forked, sandbox_config
 
 from nlkit import CLI, make_project
 from prockit import host_pids_with
@@ -183,7 +183,7 @@ def test_fork_bomb_is_contained_by_the_pids_limit(tmp_path: Path, podman_image: 
     out = attack(tmp_path, body, **podman(podman_image, max_pids=64))
     said = out.failed("fork_bomb")
     assert "BlockingIOError" in said or "Resource temporarily" in said
-    assert int(out.log.split("forked: ")[1].split()[0]) < 64
+    assert forked(out.log) < 64
     assert host_pids_with(marker) == []
 
 
