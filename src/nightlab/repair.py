@@ -78,7 +78,10 @@ def own_admin_dirs(common: Path, repo: Path) -> dict[Path, Path]:
 
 
 def half_made(admin: Path, tree: Path) -> str:
-    """What is missing from a worktree `git worktree add` did not finish ('' when it is whole)."""
+    """What is missing from a worktree `git worktree add` did not finish ('' when it is whole, or when the user
+    removed the worktree's directory: git prunes that one itself)."""
+    if not tree.exists():
+        return ""
     if _read(admin / "locked") == "initializing":
         return "locked initializing"
     if not _read(admin / "commondir"):
@@ -97,6 +100,12 @@ def own_locks(common: Path, admins: dict[Path, Path]) -> list[Path]:
     for refs in (common / "refs" / "heads" / "nightlab", common / "refs" / "nightlab"):
         found += refs.rglob("*.lock")
     return found + [p for p in [common / "packed-refs.lock"] if p.exists()]
+
+
+def made_by_git(tree: Path) -> bool:
+    """Whether `tree` is a worktree git made, whole or half (git writes its `.git` link before anything else
+    goes in): a directory git did not make is the user's, and nightlab leaves it alone."""
+    return tree.is_dir() and ((tree / ".git").exists() or not any(tree.iterdir()))
 
 
 def discard(repo: Path, tree: Path, admin: Path | None = None) -> None:

@@ -186,7 +186,8 @@ class Workspace:
         self.creating.unlink(missing_ok=True)
 
     def _undo_start(self) -> None:
-        repair.discard(self.repo, self.tree)
+        if repair.made_by_git(self.tree):
+            repair.discard(self.repo, self.tree)
         git("branch", "-D", self.branch, cwd=self.repo, check=False)
 
     def _attach(self, tree: Path, ref: str, *flags: str) -> None:
@@ -197,7 +198,7 @@ class Workspace:
             if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
                 return
             log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
-        if tree.exists():
+        if repair.made_by_git(tree):
             repair.discard(self.repo, tree)
         git("worktree", "prune", cwd=self.repo)
         git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=self.repo)
