@@ -48,16 +48,19 @@ class Lab:
             finally:
                 rec.agent_seconds += time.monotonic() - start
 
-    def brief(self, n: int, ws: Workspace, failure_tail: str = "") -> Brief:
-        """Trial n's brief, written against the best as it is now and the scratchpad as `ws` holds it."""
+    def brief(self, n: int, ws: Workspace, tail: bool = False) -> Brief:
+        """Trial n's brief, written against the best as it is now and the scratchpad as `ws` holds it; `tail`:
+        with the end of the last trial's log when it crashed or timed out."""
         pad = ws.dir / self.cfg.project.scratchpad
         scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
-        return program.brief(self.cfg, n, self.ledger.trials(), self.best().metric, self.noise(), scratchpad,
-                             failure_tail, self.ledger.get("eval_se"), ws.dir, reply(self.agent))
+        trials = self.ledger.trials()
+        return program.brief(self.cfg, n, trials, self.best().metric, self.noise(), scratchpad,
+                             self._failure_tail(trials) if tail else "", self.ledger.get("eval_se"), ws.dir,
+                             reply(self.agent))
 
-    def failure_tail(self) -> str:
+    def _failure_tail(self, trials: list[TrialRecord]) -> str:
         """The end of the last finished trial's log when it crashed or timed out (the agent should see why)."""
-        last = next((t for t in reversed(self.ledger.trials()) if t.status != Status.RUNNING), None)
+        last = next((t for t in reversed(trials) if t.status != Status.RUNNING), None)
         if last and last.status in (Status.CRASH, Status.TIMEOUT):
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""

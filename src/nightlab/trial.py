@@ -57,7 +57,7 @@ class Trial:
         lab, rec = self.lab, self.rec
         self.tree.reset(rec.parent)
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
-        brief = lab.brief(rec.n, self.tree, lab.failure_tail())
+        brief = lab.brief(rec.n, self.tree, tail=True)
         rec.phase = brief.phase
         lab.ledger.save(rec)
         lab.notify(Event.PROPOSE, rec)
