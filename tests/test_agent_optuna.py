@@ -73,6 +73,11 @@ def study(project: Path) -> optuna.Study:
     return optuna.load_study(study_name="nightlab", storage=f"sqlite:///{project / 'state' / 'optuna.sqlite'}")
 
 
+def told(project: Path) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials less the failed asks (a sample equal to the current values is failed and asked again)."""
+    return [t for t in study(project).trials if t.state != optuna.trial.TrialState.FAIL]
+
+
 def test_constant_discovery() -> None:
     consts = find_constants(TRAIN.encode())
     assert set(consts) == {"SEED", "DATA_PATH", "TIME_BUDGET", "LR", "WEIGHT_DECAY", "DEPTH", "BATCH_SIZE"} | {
@@ -173,7 +178,7 @@ def test_resumed_agent_continues_the_same_study(project: Path) -> None:
     resumed.observe(0, Status.BASELINE, 2.0)
     second = resumed.propose(workspace(project), brief(2))
     resumed.observe(2, Status.KEEP, 1.5)
-    trials = study(project).trials
+    trials = [t for t in study(project).trials if t.state != optuna.trial.TrialState.FAIL]  # FAIL: a duplicate
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert [t.value for t in trials] == [2.0, 2.5, 1.5]
     assert sum(bool(t.user_attrs.get("nightlab_baseline")) for t in trials) == 1
@@ -186,7 +191,7 @@ def test_reproposing_a_trial_reuses_its_params(project: Path) -> None:
     first = agent.propose(workspace(project), brief(1))
     again = OptunaAgent(config(project), project / "state").propose(workspace(project), brief(1))  # a resume
     assert (again.params, again.description) == (first.params, first.description)
-    trials = study(project).trials
+    trials = [t for t in study(project).trials if t.state != optuna.trial.TrialState.FAIL]
     assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.RUNNING
 
 
@@ -211,7 +216,7 @@ def test_crash_is_told_as_a_penalty(project: Path) -> None:
     agent.observe(3, Status.TIMEOUT, None)
     agent.observe(3, Status.DISCARD, 1.0)  # already told: ignored
     agent.observe(99, Status.KEEP, 1.0)  # not ours: ignored
-    values = [t.value for t in study(project).trials]
+    values = [t.value for t in told(project)]
     # Worse than the worst real result (3.0) by a tenth of the spread, and penalties do not compound.
     assert values == [2.0, 3.0, pytest.approx(3.1), pytest.approx(3.1)]
 
@@ -220,7 +225,7 @@ def test_crash_before_any_result_is_a_failure(project: Path) -> None:
     agent = OptunaAgent(config(project), project / "state")
     agent.propose(workspace(project), brief(1))
     agent.observe(1, Status.CRASH, None)
-    assert study(project).trials[0].state == optuna.trial.TrialState.FAIL
+    assert study(project).trials[-1].state == optuna.trial.TrialState.FAIL
 
 
 def test_maximize_penalty_is_below_the_worst(project: Path) -> None:
@@ -230,7 +235,7 @@ def test_maximize_penalty_is_below_the_worst(project: Path) -> None:
     agent.observe(0, Status.BASELINE, 0.5)
     agent.propose(workspace(project), brief(1, "maximize"))
     agent.observe(1, Status.INVALID, 0.9)  # a rule-breaking run's metric is not learned from
-    assert study(project).trials[1].value == pytest.approx(0.45)
+    assert told(project)[1].value == pytest.approx(0.45)
 
 
 def test_config_overrides_ranges_and_choices(project: Path) -> None:
@@ -282,3 +287,70 @@ def test_missing_optuna_names_the_extra(tmp_path: Path) -> None:
     )
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert "nightlab[optuna]" in run.stdout
+
+
+def changed(description: str) -> dict[str, tuple[str, str]]:
+    """{constant: (old text, new text)} from a proposal's description."""
+    out = {}
+    for part in description.split(", "):
+        m = re.fullmatch(r"([A-Z_]+) (\S+) → (\S+)", part)
+        assert m, part
+        out[m.group(1)] = (m.group(2), m.group(3))
+    return out
+
+
+def test_a_small_move_changes_one_to_three_constants_near_their_values(project: Path) -> None:
+    agent = OptunaAgent(config(project), project / "state")
+    agent.observe(0, Status.BASELINE, 2.0)
+    space = study(project).user_attrs["nightlab_space"]
+    counts = set()
+    for n in range(1, 9):
+        ws = workspace(project)
+        moved = changed(agent.propose(ws, brief(n)).description)
+        counts.add(len(moved))
+        now, before_all = find_constants((ws / "train.py").read_bytes()), find_constants(TRAIN.encode())
+        assert {k for k in now if now[k].text != before_all[k].text} == set(moved)  # exactly the described ones
+        for name, (old, new) in moved.items():
+            before, after = ast.literal_eval(old), ast.literal_eval(new)
+            if name == "LR":  # a quarter of the log range either way: a factor 16 ** 0.25 = 2 at most
+                assert before / 2.01 <= after <= before * 2.01
+            elif name == "DEPTH":  # range 3..9: a quarter is 1.5 either way
+                assert abs(after - before) <= 2
+            elif name == "BATCH_SIZE":  # the next power of two up or down
+                assert after in (32, 128)
+            elif name == "USE_BIAS":
+                assert after is False
+        agent.observe(n, Status.DISCARD, 2.0 + n / 10)
+    assert counts <= {1, 2, 3} and len(counts) > 1
+    assert all(t.user_attrs["nightlab_moved"] for t in told(project)[1:])
+    assert space["LR"]["high"] / space["LR"]["low"] == pytest.approx(16)
+
+
+def test_a_rebased_move_keeps_its_values_on_the_new_best(project: Path) -> None:
+    agent = OptunaAgent(config(project), project / "state")
+    agent.observe(0, Status.BASELINE, 2.0)
+    first = agent.propose(workspace(project), brief(1))
+    moved = changed(first.description)
+    other = next(k for k in ("WARMUP", "DEPTH") if k not in moved)  # the best moved on in a constant it left alone
+    best = workspace(project)
+    text = (best / "train.py").read_text()
+    new_other = {"WARMUP": "-3", "DEPTH": "7"}[other]
+    (best / "train.py").write_text(text.replace(find_constants(text.encode())[other].text, new_other, 1)
+                                   if other == "DEPTH" else text.replace("WARMUP = -2", "WARMUP = -3"))
+    again = agent.propose(best, brief(1))
+    assert changed(again.description) == moved  # the same move, now on the new best
+    assert find_constants((best / "train.py").read_bytes())[other].text == new_other
+    trials = study(project).trials
+    assert trials[-1].state == optuna.trial.TrialState.RUNNING and trials[-1].params[other] == ast.literal_eval(
+        new_other)  # TPE learns the point that runs
+    assert [t.state.name for t in trials if t.user_attrs.get("nightlab_trial") == 1] == ["FAIL", "RUNNING"]
+
+
+def test_knobs_zero_samples_anywhere_in_the_space(project: Path) -> None:
+    cfg = config(project)
+    cfg.agent.knobs = 0
+    agent = OptunaAgent(cfg, project / "state")
+    agent.observe(0, Status.BASELINE, 2.0)
+    proposal = agent.propose(workspace(project), brief(1))
+    assert set(proposal.params) == SEARCHED and len(changed(proposal.description)) >= 4
+    assert "nightlab_moved" not in told(project)[-1].user_attrs

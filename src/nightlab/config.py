@@ -138,6 +138,12 @@ class AgentConfig(Section):
     max_failures: int = Field(5, ge=1)  # agent failures in a row that stop the run
     queue: str = "ideas.toml"  # scripted agent: the file of queued edits
     search: dict[str, SearchParam] = {}  # optuna agent: per-constant ranges or choices
+    # optuna agent: at most `knobs` constants move per trial, each by at most `step` of its (log) range around the
+    # trial's starting state (0: every constant, anywhere in its range); TPE samples at random for its first
+    # `startup_trials` results
+    knobs: int = Field(3, ge=0)
+    step: float = Field(0.25, gt=0, le=1)
+    startup_trials: int = Field(5, ge=0)
     # LLM agents (anthropic, openai, claude-code, codex): per-trial caps, retries, prices
     max_turns: int = Field(30, ge=1)  # model turns per trial
     max_tokens: int = Field(400_000, ge=1)  # input + output tokens per trial

@@ -1,4 +1,5 @@
-"""The offline default agent: Optuna TPE over the UPPER_CASE literal constants of the editable files.
+"""The offline default agent: Optuna TPE over the UPPER_CASE literal constants of the editable files, by default
+in small moves of one to `agent.knobs` constants around the trial's starting state (moves.py).
 
 Everything that must survive a resume lives in the study (state_dir/optuna.sqlite): the frozen search
 space and pending baseline as study attributes, and each nightlab trial number as an attribute of the
@@ -8,12 +9,13 @@ optuna trial that serves it.
 from __future__ import annotations
 
 import math
+import random
 import threading
 from pathlib import Path
 from typing import Any
 
 from nightlab import crashpoint
-from nightlab.agents import Agent, require
+from nightlab.agents import Agent, moves, require
 from nightlab.agents.constants import (
     Constant,
     Value,
@@ -34,6 +36,7 @@ PENDING_ATTR = "nightlab_pending_baseline"  # study attr: a baseline metric seen
 PENALIZED_ATTR = "nightlab_penalized"  # study attr: optuna trial numbers told a penalty, not a real metric
 TRIAL_ATTR = "nightlab_trial"  # trial attr: the nightlab trial it was proposed for
 BASELINE_ATTR = "nightlab_baseline"  # trial attr: marks the baseline point
+MOVED_ATTR = "nightlab_moved"  # trial attr: the constants a small move changed (absent: a global point)
 MAX_ASKS = 5
 # Statuses whose metric, even when finite, must not be learned from: the run broke the rules.
 UNTRUSTED = {Status.INVALID, Status.REJECTED}
@@ -72,7 +75,8 @@ class OptunaAgent(Agent):
             )
         self._flush_baseline(study, space)
         current = constants_now(workspace, space)
-        number, params = self._params_for(study, brief.trial, space, current)
+        number, asked = self._params_for(study, brief.trial, space, current)
+        params = {key: asked[key] for key in space if key in asked}  # the file's order, however optuna stored them
         changes: dict[str, dict[Constant, str]] = {}
         described = []
         for key, value in params.items():
@@ -170,7 +174,7 @@ class OptunaAgent(Agent):
         if not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)):
             dists = distributions(self.optuna, space)
             # A config range may exclude the original value; optuna then cannot hold it for that param.
-            params = {k: d["baseline"] for k, d in space.items() if _contains(d, d["baseline"])}
+            params = {k: d["baseline"] for k, d in space.items() if moves.within(d, d["baseline"])}
             study.add_trial(
                 self.optuna.trial.create_trial(
                     params=params,
@@ -187,24 +191,60 @@ class OptunaAgent(Agent):
     def _params_for(
         self, study: Any, trial: int, space: dict[str, dict], current: dict[str, Constant]
     ) -> tuple[int, dict[str, Value]]:
-        """The params for `trial`: the ones it already had (a resumed trial), else a fresh, new sample."""
+        """The params for `trial`: the ones it already had (a resumed or rebased trial), else a fresh sample."""
         earlier = _trial_of(study, trial)
         if earlier is not None:
-            return earlier.number, dict(earlier.params)
-        dists = distributions(self.optuna, space)
+            moved = earlier.user_attrs.get(MOVED_ATTR)
+            if moved is None:  # a global point: all of it, wherever it is written
+                return earlier.number, dict(earlier.params)
+            # A small move: the same values of the constants it moved, on whatever state it starts from now
+            # (a rebase); recorded as a point of its own when that state differs, so TPE learns what ran.
+            want = {k: v for k, v in self._fixed_now(space, current).items() if k not in moved}
+            want |= {k: earlier.params[k] for k in moved if k in earlier.params}
+            if want == dict(earlier.params):
+                return earlier.number, want
+            study.tell(earlier.number, state=self.optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(want)
+            again = study.ask(distributions(self.optuna, {k: space[k] for k in want}))
+            again.set_user_attr(MOVED_ATTR, moved)
+            again.set_user_attr(TRIAL_ATTR, trial)
+            return again.number, dict(again.params)
+        agent = self.config.agent
         # Seeded by the trial's number: a resumed run asks what an uninterrupted one would have (given the same
         # results so far), and never replays the random start-up point of an earlier trial.
-        study.sampler = self.optuna.samplers.TPESampler(seed=self.config.agent.seed + 7919 * trial, constant_liar=True)
+        seed = agent.seed + 7919 * trial
+        study.sampler = self.optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                                        n_startup_trials=agent.startup_trials)
+        rng = random.Random(seed)
         for _ in range(MAX_ASKS):
-            asked = study.ask(dists)
+            asked, moved = self._ask(study, space, current, rng)
             crashpoint.reached("optuna.asked")
             params = dict(asked.params)
             if any(_differs(current[k], format_value(v, current[k].text)) for k, v in params.items() if k in current):
+                if moved is not None:
+                    asked.set_user_attr(MOVED_ATTR, moved)
                 asked.set_user_attr(TRIAL_ATTR, trial)
                 return asked.number, params
             # Failed trials are left out of TPE's model, so a duplicate costs nothing but the ask.
             study.tell(asked, state=self.optuna.trial.TrialState.FAIL)
         raise AgentFailed(f"no new point: {MAX_ASKS} samples in a row equal the current values")
+
+    def _ask(self, study: Any, space: dict[str, dict], current: dict[str, Constant],
+             rng: random.Random) -> tuple[Any, list[str] | None]:
+        """A new optuna trial: a small move of a few constants (agent.knobs > 0), else a point anywhere."""
+        knobs = self.config.agent.knobs
+        if not knobs:
+            return study.ask(distributions(self.optuna, space)), None
+        outside = {k for k, dim in space.items() if k not in current or not moves.within(dim, current[k].value)}
+        moving = sorted({*moves.pick(rng, sorted(space), knobs), *outside})
+        dists, fixed = moves.local_point(self.optuna, space, current, moving, rng, self.config.agent.step)
+        study.enqueue_trial(fixed)
+        return study.ask(dists), moving
+
+    @staticmethod
+    def _fixed_now(space: dict[str, dict], current: dict[str, Constant]) -> dict[str, Value]:
+        """The current value of each constant that optuna can hold (it lies in its range)."""
+        return {k: current[k].value for k, dim in space.items() if k in current and moves.within(dim, current[k].value)}
 
     def _penalty(self, study: Any) -> float | None:
         """A value for a run without a usable metric: the worst real result so far plus a margin.
@@ -226,16 +266,7 @@ class OptunaAgent(Agent):
 
 def distributions(optuna: Any, space: dict[str, dict]) -> dict[str, Any]:
     """Optuna's distribution for each dimension of the space."""
-    d = optuna.distributions
-    out = {}
-    for key, dim in space.items():
-        if dim["kind"] == "cat":
-            out[key] = d.CategoricalDistribution(dim["choices"])
-        elif dim["kind"] == "int":
-            out[key] = d.IntDistribution(dim["low"], dim["high"], log=dim["log"])
-        else:
-            out[key] = d.FloatDistribution(dim["low"], dim["high"], log=dim["log"])
-    return out
+    return {key: moves.full(optuna, dim) for key, dim in space.items()}
 
 
 def constants_now(workspace: Path, space: dict[str, dict]) -> dict[str, Constant]:
@@ -311,12 +342,6 @@ def _default_range(value: int | float) -> tuple[float | None, float | None]:
         # stay below 1 rather than spend trials on guaranteed crashes.
         high = min(high, 1 - (1 - value) / 4)
     return value / 4, high
-
-
-def _contains(dim: dict, value: Value) -> bool:
-    if dim["kind"] == "cat":
-        return any(type(c) is type(value) and c == value for c in dim["choices"])
-    return not isinstance(value, (str, bool)) and dim["low"] <= value <= dim["high"]
 
 
 def _differs(const: Constant, text: str) -> bool:
