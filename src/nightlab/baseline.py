@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from nightlab import per_example, program
+from nightlab import per_example, program, screening
 from nightlab.decide import deterministic, evidence_note, noise
 from nightlab.errors import RunCrashed
 from nightlab.lab import Lab
@@ -23,6 +23,7 @@ class Baseline(Trial):
         lab.ledger.save(rec)
         # Two runs first: when they agree exactly the code is deterministic and more runs would add nothing.
         super().__init__(lab, rec, lab.ws, pending=min(2, lab.cfg.keep.noise_runs))
+        self.short: list[float] = []  # its values at the screening budget
 
     def on_best(self) -> Next:
         return Next.RUN  # nothing is kept before it
@@ -52,4 +53,16 @@ class Baseline(Trial):
         lab.ledger.set_meta(noise=noise(rec.runs), deterministic=same,
                             examples=len(examples) if examples is not None else None,
                             eval_se=per_example.standard_error(examples) if examples is not None else None)
+        if screening.budget(lab.cfg) is not None:  # as many runs at the short budget: its noise there
+            self.screening, self.pending = True, len(rec.runs)
+            return Next.RUN
+        return Next.RECORD
+
+    def screened(self, value: float) -> Next:
+        """One of its runs at the short budget: when all are in, their mean and noise are what screening uses."""
+        self.short.append(value)
+        if self.pending or self.running:
+            return Next.WAIT
+        self.screening, self.rec.screen = False, statistics.fmean(self.short)
+        self.lab.ledger.set_meta(screen_noise=noise(self.short), screen_runs=len(self.short))
         return Next.RECORD

@@ -180,6 +180,16 @@ class ExecutorConfig(Section):
         return plugin_name(v, list(EXECUTORS), "executor")
 
 
+class SearchConfig(Section):
+    # Where a trial starts: "greedy" from the best (the ratchet), or "frontier": also from a near-miss statistically
+    # tied with the best (frontier.py)
+    policy: Literal["greedy", "frontier"] = "greedy"
+    # A proposal first runs once at this budget and is discarded there when clearly worse than the best at that
+    # budget (screening.py); 0: off
+    screen_budget_s: float = Field(0, ge=0)
+    screen_sigmas: float = Field(2.0, ge=0)  # "clearly worse": by more than this many standard errors
+
+
 class ReportConfig(Section):
     html: bool = True  # regenerate report.html and progress.png after each trial of `nightlab run`
     mlflow: bool = False  # one MLflow run per trial (needs the `mlflow` extra)
@@ -197,6 +207,7 @@ class Config(Section):
     agent: AgentConfig = AgentConfig()
     phases: PhasesConfig = PhasesConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    search: SearchConfig = SearchConfig()
     report: ReportConfig = ReportConfig()
 
     # Set by load(); not part of the file.
@@ -207,6 +218,13 @@ class Config(Section):
     @classmethod
     def _path(cls, v: object) -> object:
         return Path(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _screen_is_shorter(self) -> Config:
+        if self.search.screen_budget_s >= self.run.budget_s:
+            raise ValueError(f"search.screen_budget_s ({self.search.screen_budget_s:g}) must be shorter than "
+                             f"run.budget_s ({self.run.budget_s:g})")
+        return self
 
     @property
     def root(self) -> Path:

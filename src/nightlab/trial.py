@@ -13,7 +13,7 @@ import shutil
 import time
 from enum import StrEnum
 
-from nightlab import crashpoint, per_example, program
+from nightlab import crashpoint, per_example, program, screening
 from nightlab.agents import capable
 from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
@@ -44,6 +44,7 @@ class Trial:
         self.retry: list[int] = []  # lost runs to start again
         self.lost: dict[int, int] = {}  # times each run was lost
         self.examples: list[per_example.Examples] = []  # of each successful run
+        self.screening = False  # its next runs are at the short screening budget (screening.py)
 
     @property
     def tree(self) -> Workspace:
@@ -95,6 +96,7 @@ class Trial:
             raise error
         lab.ledger.save(rec)
         self.pending = 1
+        self.screening = screening.budget(lab.cfg) is not None  # one short run first
         return Next.RUN
 
     # -- run ----------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class Trial:
         else:
             k, self.next_k, self.pending = self.next_k, self.next_k + 1, self.pending - 1
         attempt = self.lost.get(k, 0)
-        job = lab.job(rec, self.tree, k, attempt, slot, self.budget_s)
+        job = lab.job(rec, self.tree, k, attempt, slot, screening.budget(lab.cfg) if self.screening else self.budget_s)
         lab.ledger.run_started(job.id, rec.n, k, attempt, slot)
         crashpoint.reached("run.started")
         if not rec.runs and self.running == 0 and not attempt:
@@ -138,6 +140,8 @@ class Trial:
             out.status, out.reason = Status.INVALID, why
         if out.status is not None:
             return self._failed(out)
+        if self.screening:
+            return self.screened(out.values[name])
         rec.add_values(out.values, name)
         if out.examples is not None:
             self.examples.append(out.examples)
@@ -155,6 +159,16 @@ class Trial:
         return Next.RECORD
 
     # -- decide -------------------------------------------------------------------------------------------
+    def screened(self, value: float) -> Next:
+        """After its short run: discarded when clearly worse than the best at that budget, else its full runs."""
+        rec, lab = self.rec, self.lab
+        self.screening, rec.screen = False, value
+        if why := screening.screened_out(lab.cfg, lab.ledger, value):
+            rec.status, rec.reason = Status.DISCARD, why
+            return Next.RECORD
+        self.pending = 1
+        return Next.RUN
+
     def judge(self) -> Next:
         """Keep, discard, or run again: against the best as it is when this run ended."""
         lab, rec, best = self.lab, self.rec, self.lab.best()
