@@ -38,6 +38,10 @@ def test_screening_discards_the_clearly_worse_and_judges_the_rest_at_the_full_bu
     # against the kept trial's own short run (one run each side): the margin is 2σ·sqrt(2)
     assert "0.028" in late["reason"]
 
+    assert proj.nl("report", "--tag", "t").returncode == 0
+    html = (proj.state() / "report.html").read_text()
+    assert "<span>screened out</span><b>2</b>" in html and "screen 1.09" in html  # both fidelities shown
+
     runs = proj.rows("SELECT trial, k FROM runs ORDER BY trial, k")
     assert [(r["trial"], r["k"]) for r in runs] == [(0, k) for k in range(6)] + [(1, 0), (2, 0), (2, 1), (3, 0)]
 

@@ -96,7 +96,9 @@ def _summary(data: ReportData) -> str:
              *([("evaluation σ", num(s["eval_se"]), f"{s['examples']} examples, paired")] if s.get("examples") else []),
              ("hours", f"{data.hours:.2f}", f"{s['seconds'] / 3600:.2f} h of runs, "
                                             f"{s['agent_seconds'] / 3600:.2f} h of the agent"),
-             ("cost", f"${s['cost_usd']:.2f}", "agent spend")]
+             ("cost", f"${s['cost_usd']:.2f}", "agent spend"),
+             *([("screened out", str(out), "at the short budget, never run in full")]
+               if (out := sum(t.reason.startswith("screened out") for t in data.trials)) else [])]
     body = "".join(f'<div class="card"><span>{esc(k)}</span><b>{esc(v)}</b><span>{esc(why)}</span></div>'
                    for k, v, why in cards)
     rule = s.get("keep_rule")
@@ -178,8 +180,10 @@ def _row(t: TrialRecord, diff: str) -> str:
     if diff.strip():
         desc += f"<details><summary>diff</summary><pre class=\"diff\">{_diff_html(diff)}</pre></details>"
     runs = f" title=\"runs: {esc(', '.join(f'{r:.6g}' for r in t.runs))}\"" if len(t.runs) > 1 else ""
+    short = f'<br><small class="reason screen">screen {esc(num(t.screen))}</small>' if t.screen is not None else ""
     return (f'<tr class="trial {esc(t.status)}" data-n="{t.n}"><td class=num>{t.n}</td>'
-            f'<td class="st st-{esc(t.status)}">{esc(t.status)}</td><td class=num{runs}>{esc(num(t.metric))}</td>'
+            f'<td class="st st-{esc(t.status)}">{esc(t.status)}</td>'
+            f"<td class=num{runs}>{esc(num(t.metric))}{short}</td>"
             f"<td class=num>{esc(num(t.delta, True))}</td><td>{desc}</td><td class=phase>{esc(t.phase)}</td>"
             f"<td class=num>{_duration(t.seconds)}</td>"
             f"<td class=num title=\"{esc(t.agent)}\">{_duration(t.agent_seconds) if t.agent_seconds else ''}</td>"
