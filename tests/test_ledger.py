@@ -111,3 +111,16 @@ def test_agent_seconds_and_agent_come_by_a_named_migration(tmp_path: Path) -> No
         assert ledger.trial(2).agent_seconds == 12.5 and ledger.trial(2).agent.startswith("openai local")
     finally:
         ledger.close()
+
+
+def test_the_screening_value_comes_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert "trials.screen" in ledger.migrations()
+        assert [t.screen for t in ledger.trials()] == [None] * 3  # older trials were never screened
+        rec = ledger.trial(2)
+        rec.screen = 1.25
+        ledger.save(rec)
+        assert ledger.trial(2).screen == 1.25
+    finally:
+        ledger.close()

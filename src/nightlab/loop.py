@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab import crashpoint
+from nightlab import crashpoint, frontier
 from nightlab.agents import Agent, describe
 from nightlab.baseline import Baseline
 from nightlab.config import Config
@@ -81,11 +81,19 @@ class Loop:
 
     def _propose(self) -> None:
         """A new trial from the best, in a worktree of its own; the agent's turn may run in another thread."""
-        n = self.lab.ledger.trials()[-1].n + 1
-        rec = TrialRecord(n=n, parent=self.lab.best().commit_sha, seed=1000 * n,
+        trials = self.lab.ledger.trials()
+        n = trials[-1].n + 1
+        rec = TrialRecord(n=n, parent=self._start(trials).commit_sha, seed=1000 * n,
                           agent=describe(self.lab.agent, self.lab.cfg))
         trial = Trial(self.lab, rec, self.scheduler.worktree())
         self.scheduler.propose(trial, trial.brief())
+
+    def _start(self, trials: list[TrialRecord]) -> TrialRecord:
+        """The state a new trial starts from: the best, or under the frontier policy a near-miss tied with it."""
+        cfg = self.lab.cfg
+        if cfg.search.policy == "frontier":
+            return frontier.choose(trials, cfg.primary, self.lab.noise(), cfg.keep.sigmas) or self.lab.best()
+        return self.lab.best()
 
     def _limit(self, limits: Limits, start: float) -> str | None:
         cfg, trials = self.lab.cfg, self.lab.ledger.trials()

@@ -13,7 +13,7 @@ import shutil
 import time
 from enum import StrEnum
 
-from nightlab import crashpoint, per_example, program, screening
+from nightlab import crashpoint, frontier, per_example, program, screening
 from nightlab.agents import capable
 from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
@@ -59,6 +59,7 @@ class Trial:
         self.tree.reset(rec.parent)
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
         brief = lab.brief(rec.n, self.tree, tail=True)
+        brief.text += frontier.brief_note(lab.ledger.trials(), rec.parent, lab.cfg.primary)
         rec.phase = brief.phase
         lab.ledger.save(rec)
         lab.notify(Event.PROPOSE, rec)
@@ -105,7 +106,7 @@ class Trial:
         rec, best = self.rec, self.lab.best()
         if self.tree.head() != rec.commit_sha:  # resumed, or its worktree was reused
             self.tree.reset(rec.commit_sha)
-        return Next.RUN if rec.parent == best.commit_sha or self.rebase() else Next.RECORD
+        return Next.RUN if rec.parent == best.commit_sha or self.chosen() or self.rebase() else Next.RECORD
 
     def job(self, slot: int) -> tuple[Job, int]:
         """Its next run (a lost one again first) on `slot`, with the editable files by value for remote workers."""
@@ -182,10 +183,14 @@ class Trial:
             self.pending += 1
             return Next.RUN
         rec.metric, rec.delta = d.value, d.value - best.metric
-        if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha:  # the best moved on while it ran
+        if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha and not self.chosen():  # the best moved on
             return Next.RUN if self.rebase() else Next.RECORD
         rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
         return Next.RECORD
+
+    def chosen(self) -> bool:
+        """Whether it starts from a near-miss the frontier policy chose: it runs from there and is never rebased."""
+        return frontier.from_near_miss(self.lab.ledger.trials(), self.rec.parent)
 
     def rebase(self) -> bool:
         """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""

@@ -11,7 +11,7 @@ import html
 import time
 from collections.abc import Sequence
 
-from nightlab import __version__
+from nightlab import __version__, frontier
 from nightlab.ledger import TrialRecord
 from nightlab.report.data import ReportData, VerifyTable
 
@@ -63,7 +63,7 @@ def num(v: float | None, sign: bool = False) -> str:
 def render(data: ReportData, chart: bytes | None, dark_chart: bytes | None, note: str = "") -> str:
     """The whole page. `chart` is None when it could not be drawn (`note` then says why)."""
     parts = [_head(data), _summary(data), _chart(chart, dark_chart, note), _phases(data), _verify(data.verify),
-             _slots(data.slots),
+             _slots(data.slots), _tree(data),
              _trials(data), _scratchpad(data),
              f"<footer>nightlab {esc(__version__)} · written {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}"
              f" · ledger <code>.nightlab/{esc(data.tag)}/ledger.sqlite</code></footer>",
@@ -149,6 +149,22 @@ def _slots(slots: list[dict]) -> str:
              s["hardware"]] for s in slots]
     return ("<h2>Slots</h2><p>Runs in parallel: busy is the share of time since the slot's first run that it was "
             "training.</p>" + _table(["slot", "now", "runs", "lost", "training", "busy", "hardware"], rows))
+
+
+def _tree(data: ReportData) -> str:
+    """The search tree, when some trial started from a near-miss (under the greedy policy it is a chain)."""
+    if not any(frontier.from_near_miss(data.trials, t.parent) for t in data.trials if t.n):
+        return ""
+    children, by_n = frontier.children_of(data.trials), {t.n: t for t in data.trials}
+
+    def node(n: int) -> str:
+        t = by_n[n]
+        kids = "".join(node(c) for c in children.get(n, []) if c in by_n)
+        return (f'<li class="st-{esc(t.status)}">trial {n} · {esc(t.status)} · {esc(num(t.metric))} · '
+                f"{esc(t.description[:80])}{f'<ul>{kids}</ul>' if kids else ''}</li>")
+
+    return ("<h2>Search tree</h2><p>Each trial under the state it started from (frontier policy).</p>"
+            f'<ul id="tree">{node(0)}</ul>' if 0 in by_n else "")
 
 
 def _table(columns: list[str], rows: Sequence[Sequence]) -> str:
