@@ -31,6 +31,7 @@ from nightlab.workspace import Workspace
 class Limits:
     max_trials: int | None = None  # counts trials after the baseline, over the whole tag
     hours: float | None = None  # wall-clock hours for this invocation
+    compute_s: float | None = None  # seconds of runs over the whole tag, the baseline's included (`nightlab study`)
 
 
 class Loop:
@@ -101,6 +102,8 @@ class Loop:
             return f"reached --max-trials {limits.max_trials}"
         if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
             return f"reached --hours {limits.hours:g}"
+        if limits.compute_s is not None and sum(t.seconds for t in trials) >= limits.compute_s:
+            return f"reached the compute budget of {limits.compute_s:g} s of runs"
         if cfg.agent.max_cost_usd and sum(t.cost_usd for t in trials) >= cfg.agent.max_cost_usd:
             return f"reached max_cost_usd {cfg.agent.max_cost_usd:g}"
         if self.failures >= cfg.agent.max_failures:

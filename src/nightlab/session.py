@@ -29,7 +29,7 @@ def identity(cfg: Config) -> dict[str, object]:
 
 
 def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | None,
-                notify: Callable[[Event, TrialRecord], None]) -> str:
+                notify: Callable[[Event, TrialRecord], None], compute_s: float | None = None) -> str:
     """One `nightlab run`; `[executor]` (with the CLI's overrides applied) says where and how many at once."""
     state = project.state_dir(cfg, tag)
     fresh = not (state / "ledger.sqlite").exists()
@@ -44,7 +44,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots,
                              **({"inline": True} if ex.name == "local" and ex.slots == 1 and not ex.pipeline else {}))
     try:
-        return _run(cfg, tag, state, fresh, agent, executor, Limits(max_trials=max_trials, hours=hours), notify)
+        return _run(cfg, tag, state, fresh, agent, executor, Limits(max_trials, hours, compute_s), notify)
     finally:
         executor.shutdown()
 
