@@ -62,9 +62,9 @@ def parse_arm(text: str) -> Arm:
     """`NAME` or `NAME: section.key=value, section.key=value` (values are TOML: 3, 0.5, "frontier", true)."""
     name, _, rest = text.partition(":")
     name = name.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
         raise UsageError(f"--arm {text!r}: an arm is NAME or NAME: section.key=value, ... (NAME: letters, digits, "
-                         "- _ .)")
+                         "- _ . +)")
     overrides: dict[str, object] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")

@@ -70,11 +70,12 @@ def verdict(summaries: list[ArmSummary]) -> str:
     ratio = b.mean / d.mean if d.mean > 0 else math.inf if b.mean > 0 else math.nan
     apart = None not in (b.low, d.high) and b.low > d.high  # type: ignore[operator]
     sessions = min(default.sessions, best.sessions)
-    head = (f"best arm by verified gain per compute-hour: {best.arm}, {ratio:.2f}× {default.arm} "
+    times = f"{ratio:.2f}×" if math.isfinite(ratio) else "n/a (the reference gained nothing) ×"
+    head = (f"best arm by verified gain per compute-hour: {best.arm}, {times} {default.arm} "
             f"({b.text()} vs {d.text()}, {int(LEVEL * 100)}% intervals, {sessions} sessions each)")
     if apart and ratio >= 1.5:
         return head + ": better, with intervals that do not overlap"
-    why = "the intervals overlap" if not apart else f"less than 1.5× ({ratio:.2f}×)"
+    why = "the intervals overlap" if not apart else f"less than 1.5× ({times})"
     return head + f": not enough evidence that it is better ({why})"
 
 
