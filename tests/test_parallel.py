@@ -175,8 +175,10 @@ def test_optuna_in_parallel_writes_its_point_again_on_the_new_best_instead_of_go
     for r in rebased:
         m = int(r["reason"].rsplit(" ", 1)[1])
         assert r["parent"] == rows[m]["commit_sha"]
-        point = dict(line.strip().split(" = ") for line in (proj.state() / "runs" / str(r["n"]) / "agent.log")
-                     .read_text().splitlines()[1:] if " = " in line)
+        moved = dict((part.split(" ")[0], part.split(" → ")[1]) for part in r["description"].split(", "))
         source = proj.git("show", f"{r['commit_sha']}:train.py")
-        for name in ("LR", "BONUS"):  # the trial's own point, written onto the new best
-            assert f"{name} = {point[name]}\n" in source, (name, point, source)
+        best = proj.git("show", f"{rows[m]['commit_sha']}:train.py")
+        for name in ("LR", "BONUS"):  # the constants the trial moved, at its values, on the new best
+            line = f"{name} = {moved[name]}\n" if name in moved else next(
+                x + "\n" for x in best.splitlines() if x.startswith(f"{name} = "))
+            assert line in source, (name, moved, source)
