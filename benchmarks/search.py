@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from synthetic import BASE  # benchmarks/ is on the path when this script runs
+
 ARMS = {
     "global-tpe": "agent.knobs=0, agent.startup_trials=10",  # the optuna agent as it was
     "local": "",  # small moves (the new default)
@@ -50,21 +52,9 @@ f = 3 * (A - B) ** 2 + 0.3 * (A + B - 5) ** 2 + (D - 2 * C) ** 2 + 0.3 * (C - 1.
 # a short run ranks the same way, with more seed noise
 print(f"val_loss: {1 + f + rng.gauss(0, 0.05 / budget ** 0.5):.6f}")
 '''
-SYNTHETIC_TOML = """[project]
-editable = ["train.py"]
-protected = []
-[run]
-command = "python train.py"
-budget_s = 1
-timeout_s = 30
-[metric]
-name = "val_loss"
-goal = "minimize"
-[agent]
-name = "optuna"
-[report]
-html = false
-"""
+# synthetic.py's project settings, with the optuna agent and the default sandbox
+SYNTHETIC_TOML = BASE.replace('name = "scripted"', 'name = "optuna"').replace('"process"', '"auto"') + \
+    "[report]\nhtml = false\n"
 
 
 def git_project(root: Path) -> None:
