@@ -222,8 +222,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _screen_is_shorter(self) -> Config:
         if self.search.screen_budget_s >= self.run.budget_s:
-            raise ValueError(f"search.screen_budget_s ({self.search.screen_budget_s:g}) must be shorter than "
-                             f"run.budget_s ({self.run.budget_s:g})")
+            raise PydanticCustomError("screen", f"search.screen_budget_s ({self.search.screen_budget_s:g}) must be "
+                                      f"shorter than run.budget_s ({self.run.budget_s:g})")
         return self
 
     @property
