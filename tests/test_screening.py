@@ -57,3 +57,24 @@ def test_without_screening_a_late_bloomer_is_kept(tmp_path) -> None:
 def test_a_screen_budget_not_shorter_than_the_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="screen_budget_s"):
         Config.model_validate({"run": {"budget_s": 5}, "search": {"screen_budget_s": 5}})
+
+
+def test_the_rule_against_the_baseline_and_a_kept_best(tmp_path) -> None:
+    from nightlab.ledger import Ledger, TrialRecord
+    from nightlab.screening import screened_out
+
+    cfg = Config.model_validate({"run": {"budget_s": 4}, "search": {"screen_budget_s": 1}})
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert screened_out(cfg, ledger, 99.0) == ""  # no baseline yet: nothing to screen against
+        ledger.save(TrialRecord(0, "baseline", metric=1.0, runs=[1.0, 1.0], screen=2.0))
+        ledger.set_meta(screen_noise=None, screen_runs=1)
+        assert screened_out(cfg, ledger, 99.0) == ""  # one short run: its noise is unknown
+        ledger.set_meta(screen_noise=0.1, screen_runs=4)  # margin 2 × 0.1 × sqrt(1 + 1/4) = 0.2236
+        assert screened_out(cfg, ledger, 2.22) == "" and screened_out(cfg, ledger, 2.23).startswith("screened out")
+        ledger.save(TrialRecord(1, "keep", metric=0.9, runs=[0.9], screen=1.5))  # one run: 2 × 0.1 × sqrt(2)
+        assert screened_out(cfg, ledger, 1.78) == "" and "0.283" in screened_out(cfg, ledger, 1.79)
+        ledger.set_meta(screen_noise=0.0)  # deterministic: any loss is real
+        assert screened_out(cfg, ledger, 1.5) == "" and screened_out(cfg, ledger, 1.5001)
+    finally:
+        ledger.close()

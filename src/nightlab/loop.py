@@ -81,7 +81,8 @@ class Loop:
                 self._propose()
 
     def _propose(self) -> None:
-        """A new trial from the best, in a worktree of its own; the agent's turn may run in another thread."""
+        """A new trial from the best (or a near-miss: [search] policy), in a worktree of its own; the agent's turn
+        may run in another thread."""
         trials = self.lab.ledger.trials()
         n = trials[-1].n + 1
         rec = TrialRecord(n=n, parent=self._start(trials).commit_sha, seed=1000 * n,

@@ -58,7 +58,9 @@ def screened_out(cfg: Config, ledger: Ledger, value: float) -> str:
     if ref is None:
         return ""
     best, n_ref = ref
-    sigma = ledger.get("screen_noise") or 0.0  # deterministic code: no noise, any loss is real
+    sigma = ledger.get("screen_noise")  # 0.0 for deterministic code: any loss is real
+    if sigma is None:
+        return ""  # one baseline run at that budget (keep.noise_runs = 1): its noise is unknown, nothing is screened
     margin = cfg.search.screen_sigmas * sigma * math.sqrt(1 + 1 / n_ref)
     worse = value - best if cfg.metric.goal == "minimize" else best - value
     if not math.isfinite(value) or worse > margin:

@@ -4,7 +4,8 @@ Each step returns what happens next (`Next`); the scheduler only starts what a t
 what finished. A trial starts from a chosen commit (`rec.parent`) and trains at a chosen budget. When its
 parent is no longer the best as it is about to run, or would be kept, its change is re-applied to the current
 best (rebased) and run again from scratch, at most MAX_REBASES times; a change that no longer applies is
-discarded.
+discarded. A trial the frontier policy started from a near-miss (frontier.py) is never rebased. With
+screening on, a trial's first run is at the short budget (screening.py) and may end it there.
 """
 
 from __future__ import annotations
