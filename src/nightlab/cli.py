@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import shlex
 import signal
 import sys
 import tempfile
@@ -365,7 +366,7 @@ def study(arm: Annotated[list[str], typer.Option("--arm", help="NAME or 'NAME: s
     summaries = study_report.summarize([a.name for a in arms], outcomes)
     console.print(study_report.table(summaries, cfg.metric.name))
     console.print(study_report.verdict(summaries), markup=False)
-    command = "nightlab study " + " ".join(f"--arm {json.dumps(a)}" for a in arm) + \
+    command = "nightlab study " + " ".join(f"--arm {shlex.quote(a)}" for a in arm) + \
         f" --compute {compute:g} --sessions {sessions} --seeds {seeds} --name {name}" + \
         (f" --max-trials {max_trials}" if max_trials else "")
     (s.dir / "study.html").write_text(study_report.write_html(name, cfg.metric.name, summaries, outcomes, command))
