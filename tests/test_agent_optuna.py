@@ -354,3 +354,13 @@ def test_knobs_zero_samples_anywhere_in_the_space(project: Path) -> None:
     proposal = agent.propose(workspace(project), brief(1))
     assert set(proposal.params) == SEARCHED and len(changed(proposal.description)) >= 4
     assert "nightlab_moved" not in told(project)[-1].user_attrs
+
+
+def test_values_enqueued_but_never_asked_for_are_failed_on_load(project: Path) -> None:
+    agent = OptunaAgent(config(project), project / "state")
+    agent.observe(0, Status.BASELINE, 2.0)
+    study(project).enqueue_trial({"DEPTH": 9})  # as a kill between enqueueing a move and asking for it leaves it
+    resumed = OptunaAgent(config(project), project / "state")
+    resumed.propose(workspace(project), brief(1))
+    waiting = [t for t in study(project).trials if t.state == optuna.trial.TrialState.WAITING]
+    assert waiting == [] and study(project).trials[1].state == optuna.trial.TrialState.FAIL

@@ -138,11 +138,15 @@ class OptunaAgent(Agent):
 
     def _fail_orphans(self, study: Any) -> None:
         """A point asked for but never given to a nightlab trial (killed in between) is failed: left RUNNING, the
-        constant-liar sampler would count it as a bad result forever. Nothing is in flight yet when a study loads."""
-        running = self.optuna.trial.TrialState.RUNNING
-        for t in study.get_trials(deepcopy=False, states=(running,)):
+        constant-liar sampler would count it as a bad result forever; so is one enqueued but never asked for.
+        Nothing is in flight yet when a study loads."""
+        states = self.optuna.trial.TrialState
+        for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
             if TRIAL_ATTR not in t.user_attrs:
-                study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
+                study.tell(t.number, state=states.FAIL)
+        # A small move's fixed values enqueued but never asked for (killed in between): the next ask would take them.
+        for _ in study.get_trials(deepcopy=False, states=(states.WAITING,)):
+            study.tell(study.ask(), state=states.FAIL)
 
     def _files(self) -> list[str]:
         return list(self.config.project.editable)
