@@ -181,6 +181,11 @@ class ReportConfig(Section):
     mlflow_experiment: str = ""  # default "nightlab/<tag>"
 
 
+class AuditConfig(Section):
+    enabled: bool = True  # audit every judged trial's change against its parent (audit.py)
+    on_suspicious: Literal["warn", "hold"] = "warn"  # hold: a flagged win waits for `nightlab accept/reject N`
+
+
 class Config(Section):
     project: ProjectConfig = ProjectConfig()
     run: RunConfig = RunConfig()
@@ -192,6 +197,7 @@ class Config(Section):
     phases: PhasesConfig = PhasesConfig()
     executor: ExecutorConfig = ExecutorConfig()
     report: ReportConfig = ReportConfig()
+    audit: AuditConfig = AuditConfig()
 
     # Set by load(); not part of the file.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

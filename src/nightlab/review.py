@@ -1,0 +1,91 @@
+"""The audit in the loop and after it: a judged trial's verdict (held when suspicious and `[audit] on_suspicious =
+"hold"`), and a person's `nightlab accept N` / `nightlab reject N` of a held win."""
+
+from __future__ import annotations
+
+import logging
+
+from nightlab import audit
+from nightlab.config import Config
+from nightlab.errors import NightlabError, UsageError
+from nightlab.lab import Lab
+from nightlab.ledger import Ledger, TrialRecord
+from nightlab.types import Status
+from nightlab.views import commit_message
+from nightlab.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def audited(lab: Lab, rec: TrialRecord, status: Status) -> Status:
+    """`rec`'s audit verdict and findings, recorded on it; the status it ends with (HELD: a suspicious keep held)."""
+    cfg = lab.cfg
+    if not cfg.audit.enabled or not rec.parent or not rec.commit_sha:
+        return status
+    files = cfg.project.editable
+    parent = {f: _show(lab.ws, rec.parent, f) for f in files}
+    child = {f: _show(lab.ws, rec.commit_sha, f) for f in files}
+    findings = audit.audit_change(parent, child, cfg.metric.name,
+                                  audit.split_paths(cfg.data.val, cfg.data.test, cfg.data.select), _gain(lab, rec))
+    rec.audit, rec.findings = audit.verdict(findings), audit.as_records(findings)
+    if not findings:
+        return status
+    checks = audit.summary(rec.findings)
+    log.warning("trial %d: the audit finds its change suspicious: %s", rec.n, checks)
+    if status == Status.KEEP and cfg.audit.on_suspicious == "hold":
+        rec.reason = f"held by the audit ({checks}): nightlab accept {rec.n} / nightlab reject {rec.n}"
+        return Status.HELD
+    rec.reason = "; ".join(filter(None, [rec.reason, f"audit: {checks}"]))
+    return status
+
+
+def _gain(lab: Lab, rec: TrialRecord) -> audit.Gain | None:
+    if rec.delta is None:
+        return None
+    sign = -1.0 if lab.cfg.metric.goal == "minimize" else 1.0
+    earlier = [sign * t.delta for t in lab.ledger.trials() if t.status == Status.KEEP and t.delta is not None]
+    return audit.Gain(sign * rec.delta, earlier)
+
+
+def _show(ws: Workspace, commit: str, path: str) -> str:
+    try:
+        return ws.show(commit, path)
+    except NightlabError:  # not in that commit (an editable file the change added or removed)
+        return ""
+
+
+def held(ledger: Ledger, n: int) -> TrialRecord:
+    rec = ledger.trial(n)
+    if rec is None:
+        raise UsageError(f"no trial {n} in this tag")
+    if rec.status != Status.HELD:
+        raise UsageError(f"trial {n} is not held (its status is {rec.status}); only a held win can be accepted "
+                         "or rejected")
+    return rec
+
+
+def accept(cfg: Config, tag: str, ledger: Ledger, n: int) -> TrialRecord:
+    """A held win becomes a keep: the branch moves to it (only while it is still on the best it was judged on)."""
+    rec, best = held(ledger, n), ledger.best()
+    assert best is not None, "a held trial comes after the baseline"
+    if rec.parent != best.commit_sha:
+        raise UsageError(f"trial {n} was judged against an earlier best; trial {best.n} was kept since, so its gain "
+                         f"over the best is unmeasured: reject it, and queue its change again if you trust it")
+    ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
+    ws.open(fresh=False, best=best.commit_sha)
+    ws.reset(rec.commit_sha)
+    rec.status, rec.audit = Status.KEEP, audit.AuditVerdict.ACCEPTED
+    rec.reason = f"accepted after the audit ({audit.summary(rec.findings)})"
+    rec.commit_sha = ws.amend(commit_message(rec, best, ledger.get("noise"), cfg.metric.name))
+    ws.mark(rec.n, rec.commit_sha)
+    ledger.save(rec)
+    return rec
+
+
+def reject(ledger: Ledger, n: int) -> TrialRecord:
+    """A held win becomes a discard; the branch was never moved to it."""
+    rec = held(ledger, n)
+    rec.status, rec.audit = Status.DISCARD, audit.AuditVerdict.REJECTED
+    rec.reason = f"rejected after the audit ({audit.summary(rec.findings)})"
+    ledger.save(rec)
+    return rec
