@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from nightlab import audit
+from nightlab import audit, metrics
 from nightlab.config import Config
-from nightlab.errors import NightlabError, UsageError
+from nightlab.errors import AgentFailed, NightlabError, UsageError
 from nightlab.lab import Lab
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.types import Status
@@ -27,6 +28,8 @@ def audited(lab: Lab, rec: TrialRecord, status: Status) -> Status:
     child = {f: _show(lab.ws, rec.commit_sha, f) for f in files}
     findings = audit.audit_change(parent, child, cfg.metric.name,
                                   audit.split_paths(cfg.data.val, cfg.data.test, cfg.data.select), _gain(lab, rec))
+    if status == Status.KEEP and cfg.audit.inspector:
+        findings += _inspected(lab, rec)
     rec.audit, rec.findings = audit.verdict(findings), audit.as_records(findings)
     if not findings:
         return status
@@ -37,6 +40,38 @@ def audited(lab: Lab, rec: TrialRecord, status: Status) -> Status:
         return Status.HELD
     rec.reason = "; ".join(filter(None, [rec.reason, f"audit: {checks}"]))
     return status
+
+
+def check_inspector(cfg: Config, state_dir: Path) -> None:
+    """Fail at the start, not at the first win, when the inspector cannot be built (its SDK or key is missing)."""
+    if cfg.audit.enabled and cfg.audit.inspector:
+        from nightlab.inspector import Inspector
+
+        try:
+            Inspector(cfg, state_dir)
+        except UsageError as e:  # the agents' message, about the inspector
+            raise UsageError(f"{cfg.path}: audit.inspector: {e}") from None
+
+
+def _inspected(lab: Lab, rec: TrialRecord) -> list[audit.Finding]:
+    """The model inspector's word on a win; its tokens and cost are the trial's, like the agent's."""
+    from nightlab.inspector import Inspector
+
+    program = lab.cfg.root / lab.cfg.project.program
+    text = program.read_text(errors="replace") if program.is_file() else ""
+    tail = metrics.log_tail(lab.run_dir(rec.n) / "run.log")
+    try:
+        seen = Inspector(lab.cfg, lab.state_dir).inspect(lab.ws.patch(rec.commit_sha), text, tail)
+    except AgentFailed as e:
+        log.warning("trial %d: the inspector failed (%s); the static audit stands alone", rec.n, e)
+        return []
+    rec.cost_usd += seen.cost_usd
+    rec.tokens_in += seen.usage.tokens_in
+    rec.tokens_out += seen.usage.tokens_out
+    (lab.run_dir(rec.n) / "inspector.log").write_text(f"{seen.verdict}: {seen.reason}\n"
+                                                       f"tokens {seen.usage.tokens_in} in, {seen.usage.tokens_out} out,"
+                                                       f" ${seen.cost_usd:.4f}\n")
+    return [] if seen.verdict == "clean" else [audit.Finding("inspector", f"{seen.verdict}: {seen.reason}")]
 
 
 def _gain(lab: Lab, rec: TrialRecord) -> audit.Gain | None:
