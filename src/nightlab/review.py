@@ -38,8 +38,7 @@ def audited(lab: Lab, rec: TrialRecord, status: Status) -> Status:
     if status == Status.KEEP and cfg.audit.on_suspicious == "hold":
         rec.reason = f"held by the audit ({checks}): nightlab accept {rec.n} / nightlab reject {rec.n}"
         return Status.HELD
-    rec.reason = "; ".join(filter(None, [rec.reason, f"audit: {checks}"]))
-    return status
+    return status  # warn: the verdict is in the ledger, the views and the commit message; the keep rule's call stands
 
 
 def check_inspector(cfg: Config, state_dir: Path) -> None:
@@ -110,7 +109,7 @@ def accept(cfg: Config, tag: str, ledger: Ledger, n: int) -> TrialRecord:
     ws.open(fresh=False, best=best.commit_sha)
     ws.reset(rec.commit_sha)
     rec.status, rec.audit = Status.KEEP, audit.AuditVerdict.ACCEPTED
-    rec.reason = f"accepted after the audit ({audit.summary(rec.findings)})"
+    rec.reason = "accepted after the audit"
     rec.commit_sha = ws.amend(commit_message(rec, best, ledger.get("noise"), cfg.metric.name))
     ws.mark(rec.n, rec.commit_sha)
     ledger.save(rec)
@@ -121,6 +120,6 @@ def reject(ledger: Ledger, n: int) -> TrialRecord:
     """A held win becomes a discard; the branch was never moved to it."""
     rec = held(ledger, n)
     rec.status, rec.audit = Status.DISCARD, audit.AuditVerdict.REJECTED
-    rec.reason = f"rejected after the audit ({audit.summary(rec.findings)})"
+    rec.reason = "rejected after the audit"
     ledger.save(rec)
     return rec

@@ -222,4 +222,6 @@ def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, met
     lines.append(f"status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
     if rec.phase:
         lines.append(f"phase: {rec.phase}")
+    if rec.findings:
+        lines.append(f"audit: {rec.audit} ({summary(rec.findings)})")
     return "\n".join(lines)

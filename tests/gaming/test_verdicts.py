@@ -23,10 +23,10 @@ def test_warn_keeps_a_flagged_win_and_records_why(tmp_path: Path) -> None:
     assert (log[2]["status"], log[2]["audit"]) == ("keep", "suspicious")
     assert {f["check"] for f in log[2]["findings"]} >= {"metric-constant", "metric-twice"}
     assert log[2]["findings"][0]["file"] == "train.py" and log[2]["findings"][0]["lines"]
-    assert "audit: metric-constant" in log[2]["reason"]
+    assert log[2]["reason"] == ""  # warn: the keep rule's call stands as it was
     status = proj.status_json()
     assert (status["flagged"], status["held"], status["best_trial"]) == ([2], [], 2)  # warn: built upon
-    assert "audit: metric-constant" in proj.git("log", "-1", "--format=%B", "nightlab/t")
+    assert "audit: suspicious (metric-constant (train.py:" in proj.git("log", "-1", "--format=%B", "nightlab/t")
     with open(proj.state() / "results.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["audit"] for r in rows] == ["", "clean", "suspicious"]  # the baseline is the user's own: not audited
