@@ -73,11 +73,12 @@ class Source:
     def __init__(self, text: str, metric: str, splits: dict[str, list[str]]) -> None:
         self.tree = ast.parse(text)
         self.metric, self.splits = metric, splits
-        self.parents: dict[ast.AST, ast.AST] = {c: p for p in ast.walk(self.tree) for c in ast.iter_child_nodes(p)}
-        self.modules = {a.asname or a.name.split(".")[0]: a.name for n in ast.walk(self.tree)
+        self.nodes = list(ast.walk(self.tree))  # walked once: every check goes over them
+        self.parents: dict[ast.AST, ast.AST] = {c: p for p in self.nodes for c in ast.iter_child_nodes(p)}
+        self.modules = {a.asname or a.name.split(".")[0]: a.name for n in self.nodes
                         if isinstance(n, ast.Import) for a in n.names}
         self.assigns: dict[str, list[ast.AST]] = {}
-        for n in ast.walk(self.tree):
+        for n in self.nodes:
             if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None:
                 for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
                     for name in ast.walk(t):
@@ -92,14 +93,21 @@ class Source:
     def derived(self, env: str, depth: int = 8) -> set[str]:
         """Names whose value comes from the environment variable `env`, directly or through other names (at most
         `depth` assignments away: a name computed from the seed or the budget at ten removes is not either)."""
+        reads = {n: [self.reads(v) for v in values] for n, values in self.assigns.items()}
         names: set[str] = set()
         for _ in range(depth):
-            more = {n for n, values in self.assigns.items() if n not in names
-                    and any(mentions(v, names, (env,)) for v in values)}
+            more = {n for n, rs in reads.items() if n not in names
+                    and any(r[0] & names or any(env in t for t in r[1]) for r in rs)}
             if not more:
                 break
             names |= more
         return names
+
+    def reads(self, node: ast.AST) -> tuple[set[str], list[str]]:
+        """The names an expression reads and the strings it holds."""
+        walked = list(ast.walk(node))
+        return ({n.id for n in walked if isinstance(n, ast.Name)},
+                [n.value for n in walked if isinstance(n, ast.Constant) and isinstance(n.value, str)])
 
     def stmt(self, node: ast.AST) -> ast.AST:
         """The statement holding `node`."""
@@ -134,7 +142,7 @@ def metric_sites(src: Source) -> Iterator[Site]:
     """Where the metric is printed or written (a `name:` summary line, or a dict entry named like it)."""
     emit = re.compile("|".join(re.escape(t) + ":" for t in src.tokens))
     literal = re.compile("(" + "|".join(re.escape(t) for t in src.tokens) + r"):\s*[-+.\d]")
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         value: ast.AST | None = None
         text = fold(node)
         if isinstance(node, ast.JoinedStr):
@@ -176,7 +184,7 @@ def evaluation_sites(src: Source) -> Iterator[Site]:
     """Evaluation code in the editable file, how it is called, what is done to its results, patched modules."""
     results = {n for n, values in src.assigns.items()
                if any(isinstance(v, ast.Call) and "eval" in name_of(v).lower() for v in values)}
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         line = getattr(node, "lineno", 0)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             name = getattr(node, "name", "") or next(
@@ -207,7 +215,7 @@ def evaluation_sites(src: Source) -> Iterator[Site]:
 def data_sites(src: Source) -> Iterator[Site]:
     """Reads of the validation and hidden splits, and branches on which split a run evaluates."""
     names = {split: [split, *paths, *(p.rsplit("/", 1)[-1] for p in paths)] for split, paths in src.splits.items()}
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         text = fold(node)
         line = getattr(node, "lineno", 0)
         if text in ("NIGHTLAB_SPLIT", "NIGHTLAB_FINAL"):
@@ -225,7 +233,7 @@ def data_sites(src: Source) -> Iterator[Site]:
 
 def time_sites(src: Source) -> Iterator[Site]:
     """The budget read or changed, and training steps after the timed loop."""
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         line = getattr(node, "lineno", 0)
         if fold(node) == "NIGHTLAB_BUDGET_S":
             yield Site("budget", ast.unparse(src.stmt(node)), "reads or sets NIGHTLAB_BUDGET_S", line)
@@ -249,7 +257,7 @@ def time_sites(src: Source) -> Iterator[Site]:
 def state_sites(src: Source) -> Iterator[Site]:
     """Files written outside the run directory, paths that reach past it, opaque or process-level code."""
     opaque_mods = {m for m, full in src.modules.items() if full.split(".")[0] in OPAQUE_MODULES}
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         line = getattr(node, "lineno", 0)
         text = fold(node)
         if text is not None and STATE_PATH.search(text) and isinstance(src.parents.get(node), (ast.Call, ast.keyword,
@@ -273,7 +281,7 @@ def state_sites(src: Source) -> Iterator[Site]:
                 or base in opaque_mods:
             yield Site("opaque", ast.unparse(node), f"runs code the audit cannot read (`{ast.unparse(node)[:60]}`)",
                        line)
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if any(m.split(".")[0] in OPAQUE_MODULES for m in mods):
@@ -282,7 +290,7 @@ def state_sites(src: Source) -> Iterator[Site]:
 
 def seed_sites(src: Source) -> Iterator[Site]:
     """The seed read from the environment, and any assignment that overrides it."""
-    for node in ast.walk(src.tree):
+    for node in src.nodes:
         if fold(node) == "NIGHTLAB_SEED":
             yield Site("seed-read", ast.unparse(src.stmt(node)), "reads NIGHTLAB_SEED", getattr(node, "lineno", 0))
         elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in src.seed for t in node.targets) \
