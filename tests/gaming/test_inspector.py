@@ -43,7 +43,7 @@ def test_a_clean_answer_adds_no_finding_and_an_unreachable_inspector_is_refused_
         proj.run("--max-trials", "1")
         rec = {t["n"]: t for t in proj.log_json()}[1]
         assert (rec["status"], rec["audit"], rec["findings"]) == ("keep", "clean", [])
-        assert rec["tokens_in"] == 100  # the mock's default usage, counted though the model is unpriced
+        assert rec["tokens_in"] == 100 and rec["cost_usd"] > 0  # the mock's default usage, at gpt-5's price
     proj = make_project(tmp_path / "b", ideas=[HONEST], config={"audit": {"inspector": "anthropic"}})
     no_keys = {k: v for k, v in proj.env.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
     line = one_line_error(proj.nl("run", "--tag", "t", env=no_keys))
