@@ -11,7 +11,6 @@ diff. The audit runs on every trial the keep rule judged (keep or discard): only
 from __future__ import annotations
 
 import difflib
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -36,9 +35,6 @@ class Finding:
     reason: str
     file: str = ""
     lines: list[int] = field(default_factory=list)
-
-    def where(self) -> str:
-        return f"{self.file}:{','.join(map(str, self.lines))}" if self.lines else self.file
 
 
 @dataclass
@@ -129,7 +125,3 @@ def as_records(findings: list[Finding]) -> list[dict]:
 def split_paths(val: list[str], test: list[str], select: list[str]) -> dict[str, list[str]]:
     """The split names and their data paths, as the checks look for them in code."""
     return {"val": list(val), "test": list(test), "select": list(select)}
-
-
-def short(reason: str) -> str:
-    return re.sub(r"\s+", " ", reason)[:200]
