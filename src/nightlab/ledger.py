@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS trials (
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
     started REAL, finished REAL, hardware TEXT,
-    agent_seconds REAL, agent TEXT, screen REAL
+    agent_seconds REAL, agent TEXT,
+    audit TEXT NOT NULL DEFAULT '', findings TEXT,  -- the audit's verdict and findings (audit.py)
+    screen REAL
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -65,6 +67,8 @@ MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.hardware": _add_column("trials", "hardware", "TEXT"),
     "trials.agent_seconds": _add_column("trials", "agent_seconds", "REAL NOT NULL DEFAULT 0"),
     "trials.agent": _add_column("trials", "agent", "TEXT NOT NULL DEFAULT ''"),
+    "trials.audit": _add_column("trials", "audit", "TEXT NOT NULL DEFAULT ''"),
+    "trials.findings": _add_column("trials", "findings", "TEXT"),
     "trials.screen": _add_column("trials", "screen", "REAL"),
 }
 
@@ -93,6 +97,8 @@ class TrialRecord:
     hardware: str = ""  # what its runs trained on ("cpu", GPU models): fixed-time results depend on it
     agent_seconds: float = 0.0  # the agent's time on its proposal, failed ones too (`seconds` is the runs')
     agent: str = ""  # the agent, model and endpoint that proposed it: they may change between sessions of a tag
+    audit: str = ""  # the audit's verdict on its change (an AuditVerdict; "" = not audited)
+    findings: list = field(default_factory=list)  # the audit's findings: {check, reason, file, lines}
     screen: float | None = None  # the primary value at [search] screen_budget_s (baseline: the mean of its runs)
 
     def add_run(self, seconds: float, hardware: str) -> None:
@@ -114,7 +120,7 @@ class TrialRecord:
         return d
 
 
-_JSON = ("metrics", "runs")
+_JSON = ("metrics", "runs", "findings")
 
 
 class Ledger:

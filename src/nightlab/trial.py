@@ -14,7 +14,7 @@ import shutil
 import time
 from enum import StrEnum
 
-from nightlab import crashpoint, frontier, per_example, program, screening
+from nightlab import crashpoint, frontier, per_example, program, review, screening
 from nightlab.agents import capable
 from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
@@ -166,7 +166,7 @@ class Trial:
         rec, lab = self.rec, self.lab
         self.screening, rec.screen = False, value
         if why := screening.screened_out(lab.cfg, lab.ledger, value):
-            rec.status, rec.reason = Status.DISCARD, why
+            rec.status, rec.reason = review.audited(lab, rec, Status.DISCARD), why
             return Next.RECORD
         self.pending = 1
         return Next.RUN
@@ -186,7 +186,7 @@ class Trial:
         rec.metric, rec.delta = d.value, d.value - best.metric
         if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha and not self.chosen():  # the best moved on
             return Next.RUN if self.rebase() else Next.RECORD
-        rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
+        rec.status = review.audited(lab, rec, Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD)
         return Next.RECORD
 
     def chosen(self) -> bool:
