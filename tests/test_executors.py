@@ -1,7 +1,9 @@
-"""The Executor contract, one suite run against every executor (local slots, a real Ray cluster on loopback).
+"""The Executor contract, one suite run against every executor (local slots, a real Ray cluster on loopback, a
+real single-node Slurm cluster started by the tests: tests/slurmkit.py).
 
 The contract runs against `local` wherever the suite runs; its `ray` half, and the tests of Ray alone, skip
-one by one (saying so) where Ray is not installed.
+one by one (saying so) where Ray is not installed; its `slurm` half where Slurm's packages or root are missing
+(never in CI). The tests of Slurm alone are in test_executor_slurm.py.
 
 The Ray cluster is started once for the module by nightlab's own LocalCluster in a child process (so its
 processes are exactly the descendants of that child, the only ones a test may signal); the executors under
@@ -42,6 +44,7 @@ from nlkit import (
     sub,
 )
 from prockit import descendants, holders, procs, running, wait_for
+from slurmkit import slurm_fixture
 
 # The contract runs against `local` everywhere; what needs Ray skips, one test at a time, where it is missing.
 NO_RAY = "Ray is not installed here (pip install 'nightlab[ray]')"
@@ -89,18 +92,28 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     assert line and not Path(line[1]).parent.exists() and holders(f"{Path(line[1]).parent}/") == []
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A real Slurm cluster on this machine for the module; Slurm's commands here (and in the CLIs the tests run)
+    reach it through SLURM_CONF."""
+    yield from slurm_fixture()
+
+
+@pytest.fixture(params=["local", "ray", "slurm"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def factory(kind: str, address: str):
-    """Yields make(cfg, slots) → an executor of `kind` (on the cluster at `address`); shuts them all down after."""
+def factory(kind: str, address: str, state: Path | None = None):
+    """Yields make(cfg, slots) → an executor of `kind` (on the cluster at `address`, its files in `state`); shuts
+    them all down after."""
     made = []
 
     def make(cfg: Config, slots: int = 1):
         cfg.executor.ray_address = address
-        made.append(load_executor(kind, cfg, cfg.sandbox.backend, slots))
+        cfg.executor.slurm.poll_s = 0.5
+        options = {"state": state / f"t{len(made)}"} if kind == "slurm" and state else {}
+        made.append(load_executor(kind, cfg, cfg.sandbox.backend, slots, **options))
         return made[-1]
 
     yield make
@@ -109,9 +122,12 @@ def factory(kind: str, address: str):
 
 
 @pytest.fixture
-def executors(kind: str, request: pytest.FixtureRequest):
-    """An executor of this test's kind: local slots, or the module's Ray cluster."""
-    yield from factory(kind, request.getfixturevalue("ray_cluster").address if kind == "ray" else "")
+def executors(kind: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """An executor of this test's kind: local slots, the module's Ray cluster, or its Slurm cluster."""
+    if kind == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    yield from factory(kind, request.getfixturevalue("ray_cluster").address if kind == "ray" else "",
+                       tmp_path / "state")
 
 
 @pytest.fixture

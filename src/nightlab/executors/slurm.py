@@ -41,7 +41,7 @@ TICK_S = 0.2  # how often outcome files are looked for
 LATE_OUTCOME_S = 60.0  # an ended job's outcome may show late on a network file system (attribute caches)
 STOP_WAIT_S = 120.0  # how long cancelled jobs get to leave the queue
 QUEUE_FILE = "queue.json"
-# Ended states whose runs are lost at once; others (COMPLETED, FAILED) wait LATE_OUTCOME_S for an outcome first.
+# Ended states whose runs are lost at once (the job was stopped from outside).
 GONE = {"CANCELLED": "was cancelled", "PREEMPTED": "was preempted", "NODE_FAIL": "lost its node",
         "BOOT_FAIL": "lost its node (boot failure)", "DEADLINE": "passed its deadline", "REVOKED": "was revoked"}
 
@@ -67,7 +67,7 @@ class SlurmExecutor:
         self.state = (state or cfg.root / ".nightlab" / "slurm-jobs").resolve()
         self.jobs_dir = self.state / "slurm"
         self.tag = self.state.name
-        self.suffix = "." + hashlib.sha256(str(self.state).encode()).hexdigest()[:8]
+        self.suffix = job_suffix(self.state)
         self.inflight: dict[str, InFlight] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -109,7 +109,7 @@ class SlurmExecutor:
         with self.lock:
             self.inflight[job.id] = entry
         self._write_queue()
-        log.info("run %s is Slurm job %s", job.id, slurm_id)
+        log.debug("run %s is Slurm job %s", job.id, slurm_id)
         return entry.future
 
     def cancel(self, job_id: str) -> None:
@@ -182,8 +182,8 @@ class SlurmExecutor:
             elif state == "TIMEOUT":
                 self._finish(e, self._lost(e, f"Slurm job {e.slurm_id} reached its time limit "
                                               f"({cmd.time_limit_min(self.cfg)} min)", Status.TIMEOUT))
-            elif time.monotonic() - e.ended_at > LATE_OUTCOME_S:
-                self._ended_without_outcome(e, state)
+            elif state not in ("COMPLETED", "GONE") or time.monotonic() - e.ended_at > LATE_OUTCOME_S:
+                self._ended_without_outcome(e, state)  # the job's side exits 0 only after writing its outcome
         if changed:
             self._write_queue()
 
@@ -231,6 +231,11 @@ class SlurmExecutor:
             write_atomic(self.state / QUEUE_FILE, json.dumps(rows).encode())
         except OSError:
             pass  # only `nightlab status` reads it
+
+
+def job_suffix(state: Path) -> str:
+    """The end of the names of a tag's jobs: its state directory's hash (two projects may share a tag name)."""
+    return "." + hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:8]
 
 
 def _tail(path: Path, lines: int = 3) -> str:
