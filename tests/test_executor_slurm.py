@@ -8,6 +8,7 @@ clear error, and nightlab's environment (API keys) never reaches a job.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 
 from nightlab.config import load
 from nightlab.executors import Job, load_executor
-from nightlab.executors.slurm import job_suffix, queue
+from nightlab.executors.slurm import job_suffix
 from nightlab.runspec import run_spec
+from nightlab.views import queued
 from nlkit import (
     CLI,
     PARALLEL_TRAIN,
@@ -59,7 +61,7 @@ def test_nightlab_run_on_slurm_with_two_slots_records_every_trial_once(tmp_path:
     assert {r["status"] for r in done} == {"ok"} and {r["slot"] for r in done} == {0, 1}
     assert set(one_job_per_run(slurm, proj).values()) == {"COMPLETED"}
     assert all((proj.state() / "runs" / str(n) / "run.log").is_file() for n in range(5))
-    assert queue(proj.state()) == {} and list((proj.state() / "slurm").iterdir()) == []
+    assert queued(proj.state()) == {} and list((proj.state() / "slurm").iterdir()) == []
 
 
 def one_job_per_run(cluster: SlurmCluster, proj) -> dict[str, str]:
@@ -96,6 +98,13 @@ def test_a_job_cancelled_with_scancel_is_lost_and_its_run_retried(tmp_path: Path
                           env=proj.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         first = running_job(slurm, proj, 1)
+
+        def shown() -> bool:  # `nightlab status` says where the run is
+            slot = json.loads(proj.nl("status", "--json").stdout)["slots"][0]
+            return slot["trial"] == 1 and slot["queue"] == {"where": f"Slurm job {first}", "state": "RUNNING"}
+
+        wait_for(shown, timeout=60, what="nightlab status to show the Slurm job")
+        assert f"Slurm job {first} RUNNING" in proj.nl("status", env={**proj.env, "COLUMNS": "200"}).stdout
         slurm.run("scancel", first)  # as an administrator, or a preemption, would
         wait_for(lambda: slurm.jobs()[first][1] == "CANCELLED", timeout=60, what="the job to be cancelled")
         hold.unlink()

@@ -257,7 +257,7 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         ledger = _existing(cfg, tag)
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
                                  views.evidence(ledger))
-        slots = views.slots_of(ledger, always=True)
+        slots = views.slots_of(ledger, always=True, queue=views.queued(project.state_dir(cfg, tag)))
         print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
         return
     _show_status(cfg, tag)
@@ -269,7 +269,7 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
                                                          views.evidence(ledger))))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
-    if slots := views.slots_of(ledger):
+    if slots := views.slots_of(ledger, queue=views.queued(project.state_dir(cfg, tag))):
         console.print(views.slots_table(slots))
     if rows := ledger.latest_verify():
         from nightlab import verify

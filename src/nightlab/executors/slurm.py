@@ -226,7 +226,7 @@ class SlurmExecutor:
 
     def _write_queue(self) -> None:
         with self.lock:
-            rows = {e.job.id: {"slurm_job": e.slurm_id, "state": e.state} for e in self.inflight.values()}
+            rows = {e.job.id: {"where": f"Slurm job {e.slurm_id}", "state": e.state} for e in self.inflight.values()}
         try:
             write_atomic(self.state / QUEUE_FILE, json.dumps(rows).encode())
         except OSError:
@@ -244,12 +244,4 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(text[-lines:])[-400:]
-
-
-def queue(state: Path) -> dict[str, dict]:
-    """The Slurm jobs a session of the tag in `state` has in flight: job id → {"slurm_job", "state"}."""
-    try:
-        return json.loads((state / QUEUE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
