@@ -179,3 +179,18 @@ def test_nightlabs_environment_never_reaches_a_job(tmp_path: Path, slurm: SlurmC
     assert out.status is None, out.reason
     assert "clean slurm" in (run_dir / "run.log").read_text()
     assert os.environ["ANTHROPIC_API_KEY"] == "sk-test-secret"
+
+
+def test_doctor_probes_the_cluster_with_the_projects_settings(tmp_path: Path, slurm: SlurmCluster) -> None:
+    proj = make_project(tmp_path, config={"executor": {"name": "slurm"}})
+    proc = proj.nl("doctor", timeout=300, env={**proj.env, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert "executor slurm" in proc.stdout.splitlines()
+    assert lines["sbatch"].split()[0] == "ok" and "debug*" in lines["cluster"]
+    assert lines["probe-job"].split()[0] == "ok" and "ran on" in lines["probe-job"]
+    assert lines["shared-files"].split()[0] == "ok" and str(proj.dir) in lines["shared-files"]
+    assert lines["node-sandbox"].split()[0] == "ok" and "auto picks bwrap" in lines["node-sandbox"]
+    assert "nvidia-smi lists none" in lines["node-gpus"]  # the test cluster's GPUs are device files only
+    assert "internet" in lines["node-network"]
+    assert not list((proj.dir / ".nightlab" / "doctor").iterdir())  # the probe's files are gone

@@ -356,12 +356,19 @@ def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
 
 # -- doctor -----------------------------------------------------------------------------------
 @app.command()
-def doctor() -> None:
-    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras."""
+def doctor(config_path: ConfigOpt = None) -> None:
+    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras; in a
+    project whose executor is slurm, also the cluster (a tiny probe job)."""
     from nightlab.doctor import checks
 
+    try:
+        cfg = _load(config_path)
+    except UsageError:
+        if config_path is not None:
+            raise
+        cfg = None  # outside a project: this machine only
     section = ""
-    for c in checks():
+    for c in checks(cfg):
         if c.section != section:
             section = c.section
             console.print(f"[bold]{section}[/]")

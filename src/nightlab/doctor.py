@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab.config import Config
+
 EXTRAS = {"optuna": "optuna", "anthropic": "anthropic", "openai": "openai", "report": "matplotlib",
           "mlflow": "mlflow"}
 
@@ -110,5 +112,14 @@ def agents_and_extras() -> list[Check]:
     return out
 
 
-def checks() -> list[Check]:
-    return [*sandboxes(), *cgroups(), *gpus(), *agents_and_extras()]
+def executor(cfg: Config) -> list[Check]:
+    """The project's executor, when it runs elsewhere (Slurm): reachable, and what its compute nodes offer."""
+    if cfg.executor.name != "slurm":
+        return []
+    from nightlab.executors import slurmdoctor
+
+    return [Check("executor slurm", name, ok, text) for name, ok, text in slurmdoctor.checks(cfg)]
+
+
+def checks(cfg: Config | None = None) -> list[Check]:
+    return [*sandboxes(), *cgroups(), *gpus(), *agents_and_extras(), *(executor(cfg) if cfg else [])]

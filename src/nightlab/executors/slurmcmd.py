@@ -66,24 +66,25 @@ def time_limit_min(cfg: Config) -> int:
     return math.ceil(runs * (cfg.run.timeout_s + cfg.run.grace_s) / 60) + MARGIN_MIN
 
 
-def script(cfg: Config, where: Path) -> str:
-    """The batch script: the extra #SBATCH lines, the setup line, then nightlab's side of the job."""
+def script(cfg: Config, where: Path, module: str = "nightlab.executors.batchjob") -> str:
+    """The batch script: the extra #SBATCH lines, the setup line, then nightlab's side of the job (`module`)."""
     s = cfg.executor.slurm
     python = s.python or sys.executable
     lines = ["#!/bin/bash", *(f"#SBATCH {opt}" for opt in s.sbatch)]
     if s.setup:
         lines += ["set -e  # a failing setup line ends the job before the run", s.setup, "set +e"]
-    lines.append(f"exec {shlex.quote(python)} -m nightlab.executors.batchjob {shlex.quote(str(where))}")
+    lines.append(f"exec {shlex.quote(python)} -m {module} {shlex.quote(str(where))}")
     return "\n".join(lines) + "\n"
 
 
-def sbatch(cfg: Config, name: str, where: Path) -> str:
+def sbatch(cfg: Config, name: str, where: Path, module: str = "nightlab.executors.batchjob",
+           minutes: int | None = None) -> str:
     """Submit the job in `where` (its script written there first); its Slurm job id. It never requeues: a
     requeued job would run a run twice, and the loop retries what was lost itself."""
     s = cfg.executor.slurm
-    (where / "job.sh").write_text(script(cfg, where))
+    (where / "job.sh").write_text(script(cfg, where, module))
     args = ["sbatch", "--parsable", "--no-requeue", f"--job-name={name}", f"--output={where / 'slurm.out'}",
-            f"--chdir={where}", f"--time={time_limit_min(cfg)}", f"--cpus-per-task={s.cpus}"]
+            f"--chdir={where}", f"--time={minutes or time_limit_min(cfg)}", f"--cpus-per-task={s.cpus}"]
     args += [f"--{key}={value}" for key, value in (("partition", s.partition), ("account", s.account),
                                                   ("qos", s.qos)) if value]
     if s.memory_gb:
