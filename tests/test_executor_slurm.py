@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -194,3 +195,54 @@ def test_doctor_probes_the_cluster_with_the_projects_settings(tmp_path: Path, sl
     assert "nvidia-smi lists none" in lines["node-gpus"]  # the test cluster's GPUs are device files only
     assert "internet" in lines["node-network"]
     assert not list((proj.dir / ".nightlab" / "doctor").iterdir())  # the probe's files are gone
+
+
+def test_settings_slurm_refuses_are_one_clear_error(tmp_path: Path, slurm: SlurmCluster) -> None:
+    proj = make_project(tmp_path, config={"executor.slurm": {"partition": "nope"}})
+    line = one_line_error(proj.run("--executor", "slurm", "--max-trials", "0", ok=False, timeout=120))
+    assert "sbatch failed" in line and "invalid partition" in line.lower() and "[executor.slurm]" in line
+
+
+def test_the_jobs_ask_slurm_for_what_the_config_says(tmp_path: Path, slurm: SlurmCluster) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    proj = make_project(tmp_path, train=PARALLEL_TRAIN.replace('HOLD = ""', f'HOLD = "{hold}"'))
+    cfg = load(proj.dir / "nightlab.toml")
+    cfg.executor.gpus_per_trial = 1
+    cfg.executor.slurm = cfg.executor.slurm.model_copy(update={
+        "partition": "debug", "time_limit_min": 7, "cpus": 2, "memory_gb": 0.5, "sbatch": ["--comment=nl-extra"],
+        "setup": "export NL_SETUP=done", "poll_s": 0.5})
+    ex = load_executor("slurm", cfg, "process", 1, state=tmp_path / "state")
+    try:
+        future = ex.submit(Job(id="1.0a0s1", spec=run_spec(cfg, proj.dir, tmp_path / "run", seed=0, trial=1)))
+        job = wait_for(lambda: next(iter(slurm.active("nightlab.")), None), timeout=60, what="the job")
+        shown = slurm.run("scontrol", "show", "job", job)
+        for field in ("Partition=debug", "TimeLimit=00:07:00", "NumCPUs=2", "mem=512M", "Comment=nl-extra",
+                      "Requeue=0", "TresPerJob=gres:gpu:1"):
+            assert field in shown, (field, shown)
+        script = (tmp_path / "state" / "slurm" / "1.0a0s1" / "job.sh").read_text()
+        assert "#SBATCH --comment=nl-extra" in script and "export NL_SETUP=done" in script
+        hold.unlink()
+        out = future.result(timeout=120)
+    finally:
+        ex.shutdown()
+    assert out.status is None, out.reason
+    assert "gpus: " in (tmp_path / "run" / "run.log").read_text()  # one of the node's GPUs, by Slurm's index
+    assert (tmp_path / "run" / "run.log").read_text().split("gpus: ")[1].split()[0] in {"0", "1", "2", "3"}
+
+
+@pytest.mark.slow
+def test_nightlab_stopped_with_sigterm_cancels_its_jobs(tmp_path: Path, slurm: SlurmCluster) -> None:
+    hold = tmp_path / "hold"
+    proj = held_project(tmp_path, hold, idea("lr 0.2", sub("LR = 0.1", "LR = 0.2")))
+    nl = subprocess.Popen([*CLI, "run", "--tag", "t", "--executor", "slurm", "--max-trials", "1"], cwd=proj.dir,
+                          env=proj.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        job = running_job(slurm, proj, 1)
+        nl.send_signal(signal.SIGTERM)
+        nl.wait(timeout=120)
+    finally:
+        if nl.poll() is None:
+            nl.kill()
+    assert slurm.jobs()[job][1] == "CANCELLED"  # cancelled before nightlab exited
+    assert proj.trial(1)["status"] == "running"  # and left to a resume, as a Ctrl-C leaves it

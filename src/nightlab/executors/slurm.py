@@ -146,6 +146,16 @@ class SlurmExecutor:
 
     # -- the monitor thread ----------------------------------------------------------------------------
     def _watch(self) -> None:
+        try:
+            self._watch_loop()
+        except BaseException as err:  # a bug: every run in flight raises it, rather than waiting forever
+            with self.lock:
+                entries, self.inflight = list(self.inflight.values()), {}
+            for e in entries:
+                e.future.set_exception(err)
+            raise
+
+    def _watch_loop(self) -> None:
         while not self.stopping.is_set():
             with self.lock:
                 entries = list(self.inflight.values())

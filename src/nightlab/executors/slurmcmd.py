@@ -55,7 +55,7 @@ def call(args: list[str], timeout: float = 60) -> str:
         raise NightlabError(f"{args[0]} did not answer in {timeout:g}s (is slurmctld up?)") from None
     if proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise NightlabError(f"{shlex.join(args[:2])} failed (exit {proc.returncode}): {said[-1] if said else ''}")
+        raise NightlabError(f"{args[0]} failed (exit {proc.returncode}): {said[-1] if said else ''}")
     return proc.stdout
 
 
@@ -91,7 +91,10 @@ def sbatch(cfg: Config, name: str, where: Path, module: str = "nightlab.executor
         args.append(f"--mem={math.ceil(s.memory_gb * 1024)}M")
     if cfg.executor.gpus_per_trial:
         args.append(f"--gpus={cfg.executor.gpus_per_trial}")
-    return call([*args, str(where / "job.sh")]).strip().split(";")[0]
+    try:
+        return call([*args, str(where / "job.sh")]).strip().split(";")[0]
+    except NightlabError as e:  # Slurm refuses the settings (a partition, account or option it does not know)
+        raise UsageError(f"{e} (check [executor.slurm] and gpus_per_trial)") from None
 
 
 def squeue() -> dict[str, Queued]:
