@@ -95,7 +95,10 @@ def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
 
 
 def project_files(root: Path) -> list[Path]:
-    """What a worktree would hold: the files git tracks or would track (not ignored ones, e.g. a .venv)."""
+    """What a worktree would hold: the files git tracks or would track (not ignored ones, e.g. a .venv); in a
+    copy of those that is no repository (an SSH host's), every file."""
+    if not (root / ".git").exists():
+        return [p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()]
     proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                           capture_output=True)
     if proc.returncode != 0:
