@@ -1,0 +1,88 @@
+"""The SSH executor against a real sshd on loopback, a second user account as the remote host (tests/sshkit.py).
+
+The contract every executor keeps is in test_executors.py (its `ssh` half); these are SSH's own promises: a
+dropped connection is `lost` and stops the run on the host, an unknown host key is refused (never trusted on
+first use), and nightlab's environment and key never reach a run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nightlab.config import Config, SshConfig, load
+from nightlab.errors import UsageError
+from nightlab.executors import Job, load_executor
+from nightlab.runspec import run_spec
+from nightlab.types import Status
+from nlkit import TRAIN, Project, make_project
+from prockit import running, wait_for
+from sshkit import SshServer, ssh_server
+
+
+@pytest.fixture(scope="module")
+def ssh_host():
+    yield from ssh_server()
+
+
+def executor(tmp_path: Path, server: SshServer, train: str, **ssh: object):
+    proj = make_project(tmp_path, train=train)
+    cfg = load(proj.dir / "nightlab.toml")
+    cfg.executor.ssh = SshConfig(**(server.config() | ssh))
+    return proj, cfg, load_executor("ssh", cfg, "process", 1)
+
+
+def job(cfg: Config, proj: Project, run: Path) -> Job:
+    """Trial 1's run of the project as committed, its train.py by value (as the loop sends it)."""
+    return Job(id="1.0a0s1", spec=run_spec(cfg, proj.dir, run, seed=0, trial=1),
+               files={"train.py": (proj.dir / "train.py").read_bytes()})
+
+
+def test_a_dropped_connection_is_lost_and_stops_the_run_on_the_host(tmp_path: Path, ssh_host: SshServer) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="nl-shared-", dir="/tmp"))
+    shared.chmod(0o777)
+    pidfile = shared / "pid"
+    train = TRAIN.replace("seed = int", f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                                        "import time; time.sleep(120)\nseed = int")
+    proj, cfg, ex = executor(tmp_path, ssh_host, train)
+    try:
+        before = set(ssh_host.sessions())
+        future = ex.submit(job(cfg, proj, tmp_path / "run"))
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the run to start"))
+        session = wait_for(lambda: list(set(ssh_host.sessions()) - before), what="the run's ssh session")
+        for p in session:
+            os.kill(p, signal.SIGKILL)  # the connection drops, as a network failure or a rebooting host drops it
+        out = future.result(timeout=60)
+        assert out.status == Status.LOST and "ssh session" in out.reason and "without a result" in out.reason
+        wait_for(lambda: not running(pid), timeout=30, what="the run on the host to stop")
+    finally:
+        ex.shutdown()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_an_unknown_host_key_is_refused(tmp_path: Path, ssh_host: SshServer) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(UsageError, match="Host key verification failed.*never trusts a new key"):
+        executor(tmp_path, ssh_host, TRAIN, known_hosts=str(empty))
+
+
+def test_nothing_of_nightlabs_environment_reaches_a_run(tmp_path: Path, ssh_host: SshServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process backend: the run reads what its parent (nightlab's side on the host) was given.
+    peek = ('parent = open(f"/proc/{os.getppid()}/environ", "rb").read()\n'
+            'print("leaked" if b"sk-test-secret" in parent or b"SSH_AUTH_SOCK" in parent else "clean")\n')
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-secret")
+    proj, cfg, ex = executor(tmp_path, ssh_host, TRAIN.replace("seed = int", peek + "seed = int"))
+    try:
+        out = ex.submit(job(cfg, proj, tmp_path / "run")).result(60)
+    finally:
+        ex.shutdown()
+    assert out.status is None, out.reason
+    assert out.values["val_loss"] == pytest.approx(1.04)
+    assert "clean" in (tmp_path / "run" / "run.log").read_text()
