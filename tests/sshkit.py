@@ -63,7 +63,7 @@ class SshServer:
         return [pid for pid, (_, cmd) in procs().items() if cmd.startswith(f"sshd: {self.user}")]
 
 
-def _uid(user: str) -> int | None:
+def uid_of(user: str) -> int | None:
     import pwd
 
     try:
@@ -159,7 +159,7 @@ def ssh_server() -> Iterator[SshServer]:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-        uid = _uid(user)
+        uid = uid_of(user)
         for pid in owned_by(uid):  # the remote user's leftovers, if any (none when every run stopped)
             os.kill(pid, 9)
         subprocess.run(["userdel", "--remove", user], capture_output=True)

@@ -20,9 +20,9 @@ from nightlab.errors import UsageError
 from nightlab.executors import Job, load_executor
 from nightlab.runspec import run_spec
 from nightlab.types import Status
-from nlkit import TRAIN, Project, make_project
+from nlkit import TRAIN, Project, check_consistent, idea, make_project, parallel_project, sub
 from prockit import running, wait_for
-from sshkit import SshServer, ssh_server
+from sshkit import SshServer, owned_by, ssh_server, uid_of
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,45 @@ def test_nothing_of_nightlabs_environment_reaches_a_run(tmp_path: Path, ssh_host
     assert out.status is None, out.reason
     assert out.values["val_loss"] == pytest.approx(1.04)
     assert "clean" in (tmp_path / "run" / "run.log").read_text()
+
+
+def on_the_host(proj: Project, server: SshServer) -> dict:
+    """The project's nightlab.toml says: executor ssh, on the test's host (2 slots); committed. Its host entry."""
+    host = server.host(slots=2)
+    hosts = (f'\n[[executor.ssh.hosts]]\nhost = "{host["host"]}"\nport = {host["port"]}\nslots = 2\n'
+             f'python = "{host["python"]}"\n')
+    proj.write("nightlab.toml", (proj.dir / "nightlab.toml").read_text().replace("[sandbox]", "[executor]\n"
+               'name = "ssh"\n\n[sandbox]') + f'\n[executor.ssh]\nidentity_file = "{server.key}"\n'
+               f'known_hosts = "{server.known_hosts}"\n' + hosts)
+    proj.commit_all("on the ssh host")
+    return host
+
+
+@pytest.mark.slow
+def test_nightlab_run_on_an_ssh_host_with_two_slots_records_every_trial_once(tmp_path: Path,
+                                                                            ssh_host: SshServer) -> None:
+    ideas = [idea("lr 0.2", sub("LR = 0.1", "LR = 0.2")), idea("bonus", sub("BONUS = 0.0", "BONUS = 0.05")),
+             idea("slower", sub("SLEEP = 0.4", "SLEEP = 0.6"))]
+    proj = parallel_project(tmp_path, *ideas, config={"sandbox": {"backend": "bwrap"}})
+    on_the_host(proj, ssh_host)
+    proj.run("--slots", "2", "--max-trials", "3", timeout=240)
+    rows = check_consistent(proj)
+    assert [r["n"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["status"] in ("baseline", "keep", "discard") for r in rows), [r["reason"] for r in rows]
+    done = [r for r in proj.runs() if r["trial"] > 0]
+    assert {r["status"] for r in done} == {"ok"} and {r["slot"] for r in done} == {0, 1}
+    assert all('"backend": "bwrap"' in (proj.state() / "runs" / str(n) / "sandbox.json").read_text()
+               for n in range(4))  # each ran in the host's sandbox, and its run directory came back
+    assert not owned_by(uid_of(ssh_host.user))  # nothing left running on the host
+
+
+def test_doctor_reaches_each_host_and_says_what_it_offers(tmp_path: Path, ssh_host: SshServer) -> None:
+    proj = make_project(tmp_path)
+    host = on_the_host(proj, ssh_host)
+    proc = proj.nl("doctor", timeout=300, env={**proj.env, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert "executor ssh" in proc.stdout.splitlines()
+    assert lines[host["host"]].split()[0] == "ok" and "host key verified" in lines[host["host"]]
+    assert lines["host-sandbox"].split()[0] == "ok" and "auto picks bwrap" in lines["host-sandbox"]
+    assert "nvidia-smi lists none" in lines["host-gpus"] and "internet" in lines["host-network"]

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from nightlab.config import Config
-from nightlab.errors import NightlabError, UsageError
+from nightlab.errors import NightlabError
 from nightlab.executors import slurmcmd as cmd
 from nightlab.executors.batchjob import write_atomic
+from nightlab.executors.nodeprobe import node_report, report_checks
 
 WAIT_S = 180.0
 PROBE = "probe.json"
@@ -59,10 +58,7 @@ def probe(cfg: Config) -> list[tuple[str, bool, str]]:
             return [("probe-job", False, said)]
         found = json.loads((where / PROBE).read_text())
         return [("probe-job", True, f"job {job} ran on {found['host']} with {found['python']}"),
-                ("shared-files", True, f"the node sees the project at {cfg.root}"),
-                ("node-sandbox", found["sandbox_ok"], found["sandbox"]),
-                ("node-gpus", bool(found["gpus"]), "; ".join(found["gpus"]) or "nvidia-smi lists none on the node"),
-                ("node-network", True, found["network"])]
+                ("shared-files", True, f"the node sees the project at {cfg.root}"), *report_checks(found)]
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
@@ -90,25 +86,7 @@ def _wait(job: str, where: Path) -> str | None:
 
 # -- the job's side ---------------------------------------------------------------------------------------
 def answer(where: Path) -> None:
-    from nightlab.sandbox.probe import choose_auto
-
-    try:
-        sandbox, sandbox_ok = f"auto picks {choose_auto()}", True
-    except UsageError as e:
-        sandbox, sandbox_ok = str(e), False
-    try:
-        smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-        gpus = smi.stdout.strip().splitlines() if smi.returncode == 0 else []
-    except (OSError, subprocess.TimeoutExpired):
-        gpus = []
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        network = "reaches the internet (pypi.org)"
-    except OSError as e:
-        network = f"no internet ({e.strerror or e}): fine, runs need none; the agent runs on the login node"
-    write_atomic(where / PROBE, json.dumps({
-        "host": socket.gethostname(), "python": sys.executable, "sandbox": sandbox, "sandbox_ok": sandbox_ok,
-        "gpus": gpus, "network": network}).encode())
+    write_atomic(where / PROBE, json.dumps(node_report()).encode())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ run as soon as its connection is gone, so a cancelled or dropped run leaves noth
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shlex
@@ -29,6 +30,7 @@ from pathlib import Path
 from nightlab.config import Config, SshHost
 from nightlab.errors import UsageError
 from nightlab.executors import Job, with_gpus
+from nightlab.executors.nodeprobe import report_checks
 from nightlab.executors.transfer import project_files, write_back
 from nightlab.project import STATE, visible_data
 from nightlab.types import RunOutcome, Status
@@ -75,11 +77,15 @@ class SshExecutor:
     def _env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k in SSH_ENV}
 
+    def _remote(self, h: SshHost, module: str) -> subprocess.CompletedProcess:
+        """`python -m module` on the host, to its end."""
+        command = f"{shlex.quote(h.python)} -m {module}"
+        return subprocess.run([*self.ssh_args(h), h.host, command], capture_output=True, text=True, timeout=180,
+                              env=self._env(), stdin=subprocess.DEVNULL)
+
     def _check(self, h: SshHost) -> None:
         """The host answers, its key is known, and its python has nightlab: else one clear line now."""
-        probe = f"{shlex.quote(h.python)} -c 'import nightlab.executors.sshjob'"
-        proc = subprocess.run([*self.ssh_args(h), h.host, probe], capture_output=True, text=True, timeout=120,
-                              env=self._env(), stdin=subprocess.DEVNULL)
+        proc = self._remote(h, "nightlab.executors.sshjob --version")
         if proc.returncode != 0:
             said = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             hint = (" (add its key to known_hosts after checking its fingerprint: nightlab never trusts a new key)"
@@ -105,6 +111,19 @@ class SshExecutor:
                 raise UsageError(f"[executor.ssh] host {h.host}: copying the project failed: "
                                  f"{(proc.stderr.strip().splitlines() or ['rsync failed'])[-1]}")
             self.synced.add(h.host)
+
+    def doctor(self) -> list[tuple[str, bool, str]]:
+        """Each host (reached, its key verified, nightlab there, when this executor was made): what it offers."""
+        out = []
+        for h in {h.host: h for h in self.cfg.executor.ssh.hosts}.values():
+            proc = self._remote(h, "nightlab.executors.nodeprobe")
+            if proc.returncode != 0:
+                out.append((h.host, False, (proc.stderr.strip().splitlines() or ["no answer"])[-1]))
+                continue
+            found = json.loads(proc.stdout)
+            out.append((h.host, True, f"reached ({found['host']}), host key verified, nightlab with {found['python']}"))
+            out += report_checks(found, "host")
+        return out
 
     # -- runs ------------------------------------------------------------------------------------------
     def submit(self, job: Job) -> Future[RunOutcome]:

@@ -86,4 +86,9 @@ def main(base: Path) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--version":  # the driver's check that nightlab is there
+        from nightlab import __version__
+
+        print(__version__)
+        sys.exit(0)
     sys.exit(main(Path(sys.argv[1])))
