@@ -147,7 +147,7 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
         slots: Annotated[int | None, typer.Option(help="Trials in flight at once (config: executor.slots).",
                                                   min=1)] = None,
-        executor: Annotated[str | None, typer.Option(help="local, ray or slurm (config: executor.name).")] = None,
+        executor: Annotated[str | None, typer.Option(help="local, ray, slurm or ssh (config: executor.name).")] = None,
         pipeline: Annotated[bool | None, typer.Option("--pipeline/--no-pipeline",
                             help="The agent prepares the next trial while the slots train "
                                  "(config: executor.pipeline).")] = None,
