@@ -131,6 +131,8 @@ class SlurmExecutor:
             if ids:
                 self._scancel(ids)
                 self._wait_ended(ids)
+        except NightlabError as err:  # slurmctld gone: say so, and let what stopped nightlab surface
+            log.warning("%s; check `squeue --me` for jobs still running", err)
         finally:
             self.stopping.set()
             self.monitor.join(timeout=30)

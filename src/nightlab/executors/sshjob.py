@@ -18,13 +18,11 @@ import struct
 import sys
 import threading
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 from nightlab.executors import execute
 from nightlab.executors.batchjob import TERMINATED, Terminated
-from nightlab.executors.transfer import collect, job_dir, materialise
-from nightlab.runspec import spec_fields
+from nightlab.executors.transfer import collect, job_dir, on_worker
 from nightlab.sandbox import load_sandbox
 
 
@@ -43,13 +41,8 @@ def run_here(base: Path, payload: bytes) -> tuple:
     cfg = cfg.model_copy(update={"path": base / "nightlab.toml"})  # the project is BASE here
     where = job_dir()
     try:
-        cwd = materialise(cfg, job, where / "project")
-        run_dir = where / "run"
-        run_dir.mkdir()
-        isolation = {k: v for k, v in spec_fields(cfg, cwd).items() if k in ("readonly", "hidden", "masked")}
-        spec = replace(job.spec, cwd=cwd, run_dir=run_dir, **isolation)
-        outcome = execute(cfg, load_sandbox(sandbox), replace(job, spec=spec))
-        return ("ok", outcome, collect(run_dir))
+        job = on_worker(cfg, job, where)
+        return ("ok", execute(cfg, load_sandbox(sandbox), job), collect(job.spec.run_dir))
     finally:
         shutil.rmtree(where, ignore_errors=True)
 

@@ -13,12 +13,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.executors import Job
 from nightlab.integrity import clear
 from nightlab.project import STATE, visible_data
+from nightlab.runspec import spec_fields
 from nightlab.sandbox.bwrap import HARNESS_RECORDS
 
 MB = 1 << 20
@@ -59,6 +61,16 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def on_worker(cfg: Config, job: Job, base: Path) -> Job:
+    """The job as a worker runs it: the candidate materialised in `base`/project, a run directory of its own in
+    `base`/run, and what the run may see and not see as the worker's copy of the project lays it out."""
+    cwd = materialise(cfg, job, base / "project")
+    run_dir = base / "run"
+    run_dir.mkdir()
+    isolation = {k: v for k, v in spec_fields(cfg, cwd).items() if k in ("readonly", "hidden", "masked")}
+    return replace(job, spec=replace(job.spec, cwd=cwd, run_dir=run_dir, **isolation))
 
 
 def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
