@@ -406,6 +406,11 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
                   f"  more:     cd {dest} && nightlab status && nightlab log")
 
 
+from nightlab.cli_review import register  # noqa: E402  (its commands use the helpers above)
+
+register(app)
+
+
 def main() -> None:
     """Entry point: usage and config errors are one line and exit 2; other known failures exit 1."""
     command = typer.main.get_command(app)
