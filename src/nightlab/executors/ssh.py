@@ -142,6 +142,8 @@ class SshExecutor:
                                     stdout=subprocess.PIPE, stderr=err, env=self._env())
             with self.lock:
                 self.sessions[job.id] = proc
+                if job.id in self.cancelled:  # cancelled while its host was being synced
+                    proc.kill()
             try:
                 assert proc.stdin is not None and proc.stdout is not None
                 try:
@@ -180,9 +182,9 @@ class SshExecutor:
 
     def cancel(self, job_id: str) -> None:
         with self.lock:
+            self.cancelled.add(job_id)
             proc = self.sessions.get(job_id)
             if proc is not None:
-                self.cancelled.add(job_id)
                 proc.kill()  # the connection ends, and the host stops the run
 
     def shutdown(self) -> None:
