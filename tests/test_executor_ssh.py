@@ -7,6 +7,7 @@ first use), and nightlab's environment and key never reach a run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,13 +54,14 @@ def test_a_dropped_connection_is_lost_and_stops_the_run_on_the_host(tmp_path: Pa
     try:
         before = set(ssh_host.sessions())
         future = ex.submit(job(cfg, proj, tmp_path / "run"))
-        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the run to start"))
-        session = wait_for(lambda: list(set(ssh_host.sessions()) - before), what="the run's ssh session")
-        for p in session:
-            os.kill(p, signal.SIGKILL)  # the connection drops, as a network failure or a rebooting host drops it
-        out = future.result(timeout=60)
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=180, what="the run to start"))
+        session = wait_for(lambda: list(set(ssh_host.sessions()) - before), timeout=60, what="the run's ssh session")
+        for p in session:  # the connection drops, as a network failure or a rebooting host drops it
+            with contextlib.suppress(ProcessLookupError):  # rsync's session (the project's sync) may end meanwhile
+                os.kill(p, signal.SIGKILL)
+        out = future.result(timeout=120)
         assert out.status == Status.LOST and "ssh session" in out.reason and "without a result" in out.reason
-        wait_for(lambda: not running(pid), timeout=30, what="the run on the host to stop")
+        wait_for(lambda: not running(pid), timeout=60, what="the run on the host to stop")
     finally:
         ex.shutdown()
         shutil.rmtree(shared, ignore_errors=True)
