@@ -81,7 +81,7 @@ demo: $(VENV)/.installed
 	$(BIN)/nightlab demo
 
 test: lint tools browser containers localmodel slurm ssh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # ruff and mypy over src/ (their settings are in pyproject.toml)
 lint: $(VENV)/.dev
