@@ -148,7 +148,7 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
         slots: Annotated[int | None, typer.Option(help="Trials in flight at once (config: executor.slots).",
                                                   min=1)] = None,
-        executor: Annotated[str | None, typer.Option(help="local or ray (config: executor.name).")] = None,
+        executor: Annotated[str | None, typer.Option(help="local, ray, slurm or ssh (config: executor.name).")] = None,
         pipeline: Annotated[bool | None, typer.Option("--pipeline/--no-pipeline",
                             help="The agent prepares the next trial while the slots train "
                                  "(config: executor.pipeline).")] = None,
@@ -258,7 +258,7 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         ledger = _existing(cfg, tag)
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
                                  views.evidence(ledger))
-        slots = views.slots_of(ledger, always=True)
+        slots = views.slots_of(ledger, always=True, queue=views.queued(project.state_dir(cfg, tag)))
         print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
         return
     _show_status(cfg, tag)
@@ -270,7 +270,7 @@ def _show_status(cfg: config.Config, tag: str) -> None:
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
                                                          views.evidence(ledger))))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
-    if slots := views.slots_of(ledger):
+    if slots := views.slots_of(ledger, queue=views.queued(project.state_dir(cfg, tag))):
         console.print(views.slots_table(slots))
     if rows := ledger.latest_verify():
         from nightlab import verify
@@ -391,12 +391,19 @@ def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
 
 # -- doctor -----------------------------------------------------------------------------------
 @app.command()
-def doctor() -> None:
-    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras."""
+def doctor(config_path: ConfigOpt = None) -> None:
+    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras; in a
+    project whose executor is slurm, also the cluster (a tiny probe job)."""
     from nightlab.doctor import checks
 
+    try:
+        cfg = _load(config_path)
+    except UsageError:
+        if config_path is not None:
+            raise
+        cfg = None  # outside a project: this machine only
     section = ""
-    for c in checks():
+    for c in checks(cfg):
         if c.section != section:
             section = c.section
             console.print(f"[bold]{section}[/]")
