@@ -53,11 +53,12 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def config(project: Path, **search: SearchParam) -> Config:
+def config(project: Path, knobs: int = 0, **search: SearchParam) -> Config:
     cfg = Config()
     cfg.path = project / "nightlab.toml"
     cfg.metric.name = "val_loss"
     cfg.agent.search = search
+    cfg.agent.knobs = knobs
     return cfg
 
 
@@ -300,7 +301,7 @@ def changed(description: str) -> dict[str, tuple[str, str]]:
 
 
 def test_a_small_move_changes_one_to_three_constants_near_their_values(project: Path) -> None:
-    agent = OptunaAgent(config(project), project / "state")
+    agent = OptunaAgent(config(project, knobs=3), project / "state")
     agent.observe(0, Status.BASELINE, 2.0)
     space = study(project).user_attrs["nightlab_space"]
     counts = set()
@@ -327,7 +328,7 @@ def test_a_small_move_changes_one_to_three_constants_near_their_values(project: 
 
 
 def test_a_rebased_move_keeps_its_values_on_the_new_best(project: Path) -> None:
-    agent = OptunaAgent(config(project), project / "state")
+    agent = OptunaAgent(config(project, knobs=3), project / "state")
     agent.observe(0, Status.BASELINE, 2.0)
     first = agent.propose(workspace(project), brief(1))
     moved = changed(first.description)
@@ -357,10 +358,10 @@ def test_knobs_zero_samples_anywhere_in_the_space(project: Path) -> None:
 
 
 def test_values_enqueued_but_never_asked_for_are_failed_on_load(project: Path) -> None:
-    agent = OptunaAgent(config(project), project / "state")
+    agent = OptunaAgent(config(project, knobs=3), project / "state")
     agent.observe(0, Status.BASELINE, 2.0)
     study(project).enqueue_trial({"DEPTH": 9})  # as a kill between enqueueing a move and asking for it leaves it
-    resumed = OptunaAgent(config(project), project / "state")
+    resumed = OptunaAgent(config(project, knobs=3), project / "state")
     resumed.propose(workspace(project), brief(1))
     waiting = [t for t in study(project).trials if t.state == optuna.trial.TrialState.WAITING]
     assert waiting == [] and study(project).trials[1].state == optuna.trial.TrialState.FAIL

@@ -140,10 +140,11 @@ class AgentConfig(Section):
     search: dict[str, SearchParam] = {}  # optuna agent: per-constant ranges or choices
     # optuna agent: at most `knobs` constants move per trial, each by at most `step` of its (log) range around the
     # trial's starting state (0: every constant, anywhere in its range); TPE samples at random for its first
-    # `startup_trials` results
-    knobs: int = Field(3, ge=0)
+    # `startup_trials` results. The defaults stay the older global search: small moves make keeps attributable
+    # (the quickstart turns them on), but a study did not show them finding more per compute-hour (README: Search).
+    knobs: int = Field(0, ge=0)
     step: float = Field(0.25, gt=0, le=1)
-    startup_trials: int = Field(5, ge=0)
+    startup_trials: int = Field(10, ge=0)
     # LLM agents (anthropic, openai, claude-code, codex): per-trial caps, retries, prices
     max_turns: int = Field(30, ge=1)  # model turns per trial
     max_tokens: int = Field(400_000, ge=1)  # input + output tokens per trial
