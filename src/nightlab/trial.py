@@ -55,7 +55,7 @@ class Trial:
     def brief(self) -> Brief:
         """Its worktree at the parent; the ledger and the notifier hear of the trial before the agent starts."""
         lab, rec = self.lab, self.rec
-        self.tree.reset(rec.parent)
+        self.tree.reset(rec.parent, unless_clean=True)  # where the last trial's record left it, most often
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
         brief = lab.brief(rec.n, self.tree, tail=True)
         rec.phase = brief.phase

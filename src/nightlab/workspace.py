@@ -247,10 +247,11 @@ class Workspace:
         """The worktree goes to someone nightlab does not watch (the agent, a run): what it holds is unknown."""
         self._clean = None
 
-    def reset(self, commit: str) -> None:
-        """Put the worktree exactly at `commit` (the branch follows), dropping stray files; nothing to do when
-        nightlab itself reset it there last and nobody had it since."""
-        if commit == self._clean:
+    def reset(self, commit: str, unless_clean: bool = False) -> None:
+        """Put the worktree exactly at `commit` (the branch follows), dropping stray files. `unless_clean`: nothing
+        to do when this object reset it there last and nobody had it since (only for callers that know every
+        change to the worktree goes through this object or is announced by `lend()`, as a trial's do)."""
+        if unless_clean and commit == self._clean:
             return
         self._clean = self._head = None
         self._git("reset", "--hard", "--quiet", commit)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A harness killed with -9 must not leave a training run behind holding the GPU.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -42,7 +42,7 @@ class ProcessSandbox:
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv(spec.command), cwd=spec.cwd,
                                     env=run_env(spec), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
             timed_out = False
             try:
                 timed_out = not _wait(proc, time.monotonic() + spec.timeout_s)
