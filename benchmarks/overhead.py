@@ -3,7 +3,8 @@ a pipe), a no-op train.py, the scripted agent. A trial's wall time is the time f
 the next one's (everything the harness does for it: brief, proposal, commit, sandboxed run, decision, record,
 views); its overhead is that minus the run's own time (the ledger's run seconds). Beside it, the floor: a plain
 `subprocess.run` of the same command. Sessions are interleaved (process, bwrap, floor, ...); medians and p90 over
-all trials of all sessions.
+all trials of all sessions. On a loaded machine wall times swing; the CPU time a session takes (nightlab, its git
+processes and the runs, start-up included) per trial, beside the floor's per run, shows the work itself.
 
 Usage: python benchmarks/overhead.py [TRIALS] [SESSIONS] [SANDBOX...]   (default 30 trials, 3 sessions, process bwrap)
 """
@@ -11,6 +12,7 @@ Usage: python benchmarks/overhead.py [TRIALS] [SESSIONS] [SANDBOX...]   (default
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,8 +73,16 @@ def trial_phase(root: Path, tag: str) -> tuple[list[TrialRecord], list[dict], fl
 CLI = [sys.executable, "-m", "nightlab.cli"]
 
 
-def session(n: int, backend: str) -> list[float]:
-    """One `nightlab run` of n trials: each trial's wall time (result line to result line) minus its run's time."""
+def cpu() -> float:
+    """CPU seconds of the children this process waited for (and of theirs)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def session(n: int, backend: str) -> tuple[list[float], float]:
+    """One `nightlab run` of n trials: each trial's wall time (result line to result line) minus its run's time;
+    and the CPU seconds of the whole session per trial."""
+    used = cpu()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_project(root, n)
@@ -89,11 +99,13 @@ def session(n: int, backend: str) -> list[float]:
         assert proc.returncode == 0, f"nightlab run failed ({proc.returncode})"
         trials, _, _ = trial_phase(root, "bench")
     seconds = {t.n: t.seconds for t in trials}
-    return [done[k] - done[k - 1] - seconds[k] for k in range(1, n + 1) if k in done and k - 1 in done]
+    return [done[k] - done[k - 1] - seconds[k] for k in range(1, n + 1) if k in done and k - 1 in done], \
+        (cpu() - used) / (n + 1)
 
 
-def floor(n: int) -> list[float]:
+def floor(n: int) -> tuple[list[float], float]:
     """The same command run n times with a plain subprocess.run: what no harness can go under."""
+    used = cpu()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_project(root, 1)
@@ -102,7 +114,7 @@ def floor(n: int) -> list[float]:
             start = time.perf_counter()
             subprocess.run([sys.executable, "train.py"], cwd=root, capture_output=True, check=True)
             out.append(time.perf_counter() - start)
-    return out
+    return out, (cpu() - used) / n
 
 
 def summary(seconds: list[float]) -> str:
@@ -116,16 +128,17 @@ def main() -> None:
     sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     backends = sys.argv[3:] or ["process", "bwrap"]
     got: dict[str, list[float]] = defaultdict(list)
+    cpus: dict[str, list[float]] = defaultdict(list)
     for _ in range(sessions):  # interleaved: a load spike hits every column alike
-        for backend in backends:
-            got[backend] += session(n, backend)
-        got["floor"] += floor(n)
+        for backend, (wall, used) in [*((b, session(n, b)) for b in backends), ("floor", floor(n))]:
+            got[backend] += wall
+            cpus[backend].append(used)
     print(f"per-trial overhead of `nightlab run` ({n} trials x {sessions} sessions, no-op train.py, scripted agent; "
           "trial wall time minus the run's own time)")
     for backend in backends:
-        print(f"  {backend:<8} {summary(got[backend])}")
+        print(f"  {backend:<8} {summary(got[backend])}   CPU {1000 * statistics.median(cpus[backend]):5.1f} ms a trial")
     print("floor: a plain subprocess.run of `python train.py` (its whole time)")
-    print(f"  {'floor':<8} {summary(got['floor'])}")
+    print(f"  {'floor':<8} {summary(got['floor'])}   CPU {1000 * statistics.median(cpus['floor']):5.1f} ms a run")
 
 
 if __name__ == "__main__":
