@@ -307,8 +307,10 @@ def commit_message(proj: Project, ref: str) -> str:
 
 
 # -- parallel slots: a slow training script and the invariants every parallel session keeps -----------------
-PARALLEL_TRAIN = '''"""A tiny training script whose runs take SLEEP seconds (or wait while HOLD exists)."""
+PARALLEL_TRAIN = '''"""A tiny training script whose runs take SLEEP seconds, wait while HOLD exists, and wait
+until UNTIL's query ("ledger|sql") of the ledger returns a row: tests order runs by events, not by their length."""
 import os
+import sqlite3
 import time
 
 LR = 0.1
@@ -323,9 +325,23 @@ SLEEP = 0.4
 
 HOLD = ""
 
+UNTIL = ""
+
+
+def until(gate: str) -> bool:
+    db = sqlite3.connect(f"file:{gate.split('|')[0]}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(gate.split("|")[1]).fetchone() is not None
+    finally:
+        db.close()
+
+
 with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "pid"), "w") as f:
     f.write(str(os.getpid()))
 while HOLD and os.path.exists(HOLD):
+    time.sleep(0.05)
+waited = time.monotonic()
+while UNTIL and not until(UNTIL) and time.monotonic() - waited < 300:  # the cap only keeps a broken test from hanging
     time.sleep(0.05)
 time.sleep(SLEEP)
 print("gpus:", os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
@@ -340,6 +356,11 @@ def parallel_project(tmp_path: Path, *ideas: dict, config: dict | None = None, t
     proj.ideas(*ideas)
     proj.commit_all("ideas")
     return proj
+
+
+def until(root: Path, sql: str) -> dict:
+    """A change to PARALLEL_TRAIN: its runs wait until `sql` on make_project(root)'s ledger (tag t) returns a row."""
+    return sub('UNTIL = ""', f'UNTIL = "{root / "proj" / ".nightlab" / "t" / "ledger.sqlite"}|{sql}"')
 
 
 def check_consistent(proj: Project) -> list[dict]:

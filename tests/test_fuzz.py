@@ -1,23 +1,25 @@
 """Fuzzing what comes from outside: nightlab.toml, a run's metric output (log lines and metrics.json of any shape),
 ideas.toml, and an API agent's tool-call arguments. Every case ends in a clear one-line error or a trial status:
-never another exception (a traceback for the user), never a hang."""
+never another exception (a traceback for the user), never a hang. The last two push metric output and
+configs through a whole `nightlab run`: the ledger, refs and views stay consistent whatever the run printed."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from nightlab import config, metrics
 from nightlab.agents import scripted, toolloop
 from nightlab.errors import AgentFailed, TrialFailed, UsageError
 from nightlab.types import RunResult
-from nlkit import BASE_CONFIG, merged, toml_dumps
+from nlkit import BASE_CONFIG, check_consistent, content, idea, make_project, merged, one_line_error, toml_dumps
 
 # FUZZ_EXAMPLES=2000 for a longer search than CI's
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -165,3 +167,58 @@ def test_huge_folds_with_a_usable_mean_have_no_std(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text('{"val_loss": [1.7e308, -1.7e308, 1.7e308]}')
     values = metrics.read(RunResult(0, 1.0, False, tmp_path / "run.log"), tmp_path, "val_loss")
     assert math.isfinite(values["val_loss"]) and "val_loss_std" not in values
+
+
+# -- the same metric output through a whole `nightlab run` ----------------------------------------------------
+# A session per example (trials are runs, not function calls), so few examples and no shrinking: a failure
+# prints its example, and FUZZ_RUNS=20 searches longer.
+RUNS = settings(max_examples=int(os.environ.get("FUZZ_RUNS", "3")), deadline=None, phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck))
+RAW = ["", '{"val_loss": 1, "val_loss": "a"}', '{"val_loss": 1e999}', "[1]", "{", "\x00", '{"val_loss": 0.5}']
+run_outputs = st.tuples(metric_lines, json_values.map(lambda d: json.dumps({"val_loss": d} if not isinstance(d, dict)
+                                                                         else {"val_loss": d, **d}, default=str))
+                        | st.sampled_from(RAW), st.booleans())
+
+
+def _printer(lines: list[str], blob: str, write: bool) -> str:
+    """A train.py that prints `lines` and, if `write`, leaves `blob` as its metrics.json."""
+    out = ("import os, sys\n"
+           f"sys.stdout.buffer.write({chr(10).join(lines)!a}.encode('utf-8', 'surrogateescape'))\n")
+    if write:
+        out += f"open(os.path.join(os.environ['NIGHTLAB_RUN_DIR'], 'metrics.json'), 'w').write({blob!a})\n"
+    return out
+
+
+@RUNS
+@given(cases=st.lists(run_outputs, min_size=10, max_size=10))
+def test_any_metric_output_through_a_whole_run_ends_in_recorded_trials(tmp_path: Path, cases: list) -> None:
+    root = Path(tempfile.mkdtemp(dir=tmp_path))  # one project per example
+    ideas = [idea(f"case {i}", content(_printer(*case))) for i, case in enumerate(cases)]
+    proj = make_project(root, ideas=ideas)
+    proj.commit_all("ideas")
+    proc = proj.run("--max-trials", str(len(cases)), ok=False, timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    rows = check_consistent(proj)  # every trial once, refs, branch and user checkout as a clean run leaves them
+    assert [r["n"] for r in rows] == list(range(len(cases) + 1))
+    assert all(r["metric"] is None or math.isfinite(r["metric"]) for r in rows)
+    assert all(r["status"] in {"baseline", "keep", "discard", "crash", "invalid"} for r in rows), rows
+    log = json.loads(proj.nl("log", "--json", "--tag", "t").stdout)
+    assert [t["n"] for t in log] == [r["n"] for r in rows]
+    assert len((proj.state() / "results.tsv").read_text().splitlines()) == len(rows) + 1
+    assert json.loads(proj.nl("status", "--json", "--tag", "t").stdout)["trials"] == len(cases)  # the baseline is not a trial
+
+
+@RUNS
+@given(changes=st.lists(st.tuples(keys, toml_values), min_size=1, max_size=3))
+def test_a_mutated_config_through_the_cli_runs_or_fails_in_one_line(tmp_path: Path, changes: list) -> None:
+    overrides: dict = {}
+    for key, value in changes:
+        section, name = key.split(".")
+        overrides.setdefault(section, {})[name] = value
+    proj = make_project(Path(tempfile.mkdtemp(dir=tmp_path)), config=overrides)
+    proc = proj.run("--max-trials", "0", ok=False, timeout=300)
+    if proc.returncode == 2:
+        assert "nightlab.toml" in one_line_error(proc)
+    else:
+        assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr  # 1: the baseline failed
+        assert [r["n"] for r in proj.ledger()] == [0]

@@ -7,7 +7,6 @@ as stale).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -15,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from nlkit import CLI, PARALLEL_TRAIN, Project, check_consistent, content, idea, one_line_error, parallel_project, sub
+from nlkit import (CLI, PARALLEL_TRAIN, Project, check_consistent, content, idea, one_line_error, parallel_project, sub,
+                   until)
+from prockit import Watch
+
+KEPT = "SELECT 1 FROM trials WHERE n = {} AND status = 'keep'"
 
 
 def test_two_slots_run_trials_at_once_and_keep_git_and_ledger_consistent(tmp_path: Path) -> None:
     ideas = [idea(f"lr {v}", sub("LR = 0.1", f"LR = {v}")) for v in (0.2, 0.15, 0.12, 0.25, 0.35, 0.05)]
+    ideas[0]["edit"].append(until(tmp_path, "SELECT 1 FROM runs WHERE trial = 2"))  # trial 1 runs till 2 starts
     proj = parallel_project(tmp_path, *ideas)
     proj.run("--max-trials", "6", "--slots", "2", timeout=120)
     rows = check_consistent(proj)
@@ -41,9 +45,9 @@ def test_a_winner_whose_parent_moved_is_rebased_and_a_conflicting_one_is_discard
     proj = parallel_project(
         tmp_path,
         idea("lr 0.3", sub("LR = 0.1", "LR = 0.3")),  # quick: kept first
-        idea("bonus, slow", sub("BONUS = 0.0", "BONUS = 0.1"), sub("SLEEP = 0.4", "SLEEP = 2.0")),
-        # slower still: it beats the best when it ends, but conflicts with trial 2 on the lines both changed
-        idea("big bonus, slower", sub("BONUS = 0.0", "BONUS = 0.5"), sub("SLEEP = 0.4", "SLEEP = 6.0")),
+        idea("bonus, ends after 1", sub("BONUS = 0.0", "BONUS = 0.1"), until(tmp_path, KEPT.format(1))),
+        # ends after 2: it beats the best when it ends, but conflicts with trial 2 on the lines both changed
+        idea("big bonus, ends after 2", sub("BONUS = 0.0", "BONUS = 0.5"), until(tmp_path, KEPT.format(2))),
     )
     proj.run("--max-trials", "3", "--slots", "3", timeout=120)
     rows = check_consistent(proj)
@@ -59,7 +63,8 @@ def test_a_winner_whose_parent_moved_is_rebased_and_a_conflicting_one_is_discard
 def test_pipelining_proposes_the_next_trial_while_one_trains_and_rebases_it_after_a_keep(tmp_path: Path) -> None:
     proj = parallel_project(
         tmp_path,
-        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5")),
+        # trial 1 trains until the agent has proposed trial 2
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, "SELECT 1 FROM trials WHERE n = 2 AND commit_sha")),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1")),
         idea("bonus again", sub("BONUS = 0.0", "BONUS = 0.2")),
     )
@@ -105,15 +110,15 @@ def test_stopped_with_two_trials_in_flight_both_runs_die_and_resume_counts_each_
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     pids = [int((proj.state() / "runs" / str(n) / "pid").read_text()) for n in (1, 2) if _wait_file(proj, n)]
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
-        assert "interrupted: the ledger is consistent" in err
-    else:
-        assert proc.returncode == -signal.SIGKILL
-        time.sleep(0.5)  # PR_SET_PDEATHSIG is delivered as the process's threads exit
-    assert all(not _alive(pid) for pid in pids)
+    with Watch(pids) as runs:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, err
+            assert "interrupted: the ledger is consistent" in err
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        assert runs.survivors(timeout=30) == []  # after SIGKILL, PR_SET_PDEATHSIG ends them as the threads exit
     assert [r["status"] for r in proj.ledger()][1:] == ["running", "running"]
     hold.unlink()
     proj.run("--max-trials", "3", "--slots", "2", timeout=120)
@@ -137,14 +142,6 @@ def _wait_file(proj: Project, n: int) -> bool:
     return path.exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return status not in ("Z", "X")
-
 
 def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path: Path) -> None:
     def note(text: str) -> dict:
@@ -152,7 +149,8 @@ def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path
 
     proj = parallel_project(
         tmp_path,
-        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), sub("SLEEP = 0.4", "SLEEP = 1.5"), note("LR 0.3: the optimum?")),
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, "SELECT 1 FROM trials WHERE n = 2 AND commit_sha"),
+             note("LR 0.3: the optimum?")),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1"), note("a bonus helps")),
     )
     proj.run("--max-trials", "2", "--pipeline", timeout=120)

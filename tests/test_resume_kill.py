@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from prockit import Watch, wait_for
+
 MARKER = "nightlab-kill9-marker"
 
 TRAIN = f"""\
@@ -93,14 +95,16 @@ def test_kill_9_mid_trial_then_resume(tmp_path: Path) -> None:
     else:
         proc.kill()
         raise AssertionError(f"trial 2 never started: {proc.communicate()[0]}")
-    time.sleep(0.3)
+    training = Watch([int(p) for p in wait_for(marker_pids, what="trial 2's training process")])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     assert [r[:2] for r in rows(db)][-1] == (2, "running")
 
-    time.sleep(0.5)  # the run dies with its parent (PR_SET_PDEATHSIG), not after its sleep
-    assert marker_pids() == [], "a training process outlived the killed harness"
+    # the run dies with its parent (PR_SET_PDEATHSIG), not after its sleep
+    assert training.survivors(timeout=30) == [], "a training process outlived the killed harness"
+    training.close()
+    assert marker_pids() == []
 
     resumed = nightlab("run", "--tag", "k", "--max-trials", "4", cwd=proj)
     out = resumed.communicate(timeout=120)[0]
