@@ -84,7 +84,9 @@ def main() -> None:
     print(f"resident memory (MiB): start {settled[0][1] / 1024:.1f}, end {mib[-1]:.1f}, max {max(mib):.1f}")
     print(f"open fds: start {settled[0][2]}, end {fds[-1]}, max {max(fds)}")
     if drawer:
-        print(f"the report's process (MiB): first {drawer[0]:.1f}, last {drawer[-1]:.1f}, max {max(drawer):.1f}")
+        quarters = ", ".join(f"{drawer[len(drawer) * q // 4]:.1f}" for q in (1, 2, 3))
+        print(f"the report's process (MiB): first {drawer[0]:.1f}, at 1/4, 1/2, 3/4 of the run {quarters}, "
+              f"last {drawer[-1]:.1f}, max {max(drawer):.1f}")
     for args in (("status", "--tag", "t"), ("log", "--tag", "t", "--json"), ("report", "--tag", "t")):
         print(f"nightlab {' '.join(args)}: {timed(proj, *args):.2f} s")
     refs = len(proj.git("for-each-ref", "refs/nightlab/t/").splitlines())
