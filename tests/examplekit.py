@@ -50,6 +50,8 @@ def one_optuna_trial(nl) -> list[dict]:
     assert [t["n"] for t in log] == [0, 1] and log[0]["status"] == "baseline"
     assert log[1]["status"] in {"keep", "discard", "crash", "timeout", "invalid"}
     assert "→" in log[1]["description"]  # the optuna agent rewrote the constants of train.py
+    if log[1]["status"] in {"keep", "discard"}:  # audited: an honest change of the example is not flagged
+        assert (log[1]["audit"], log[1]["findings"]) == ("clean", []), log[1]
     return log
 
 

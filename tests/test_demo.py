@@ -29,6 +29,8 @@ def test_demo_runs_the_quickstart_end_to_end(tmp_path: Path) -> None:
     assert log[0]["status"] == "baseline" and len(log[0]["runs"]) == 5  # noise runs (the quickstart's [keep] noise_runs)
     assert all(t["status"] in {"keep", "discard", "crash", "timeout", "invalid", "rejected"} for t in log[1:])
     assert all("→" in t["description"] for t in log[1:] if t["status"] != "rejected")  # optuna's "A x → y"
+    # the audit judged every kept or discarded change and flagged none: optuna only sets constants
+    assert all(t["audit"] == "clean" for t in log[1:] if t["status"] in ("keep", "discard")), log
 
     status = json.loads(nightlab("status", "--json", cwd=dest).stdout)
     assert status["tag"] == "demo" and status["trials"] == 3 and status["metric_name"] == "val_loss"

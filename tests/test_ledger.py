@@ -111,3 +111,17 @@ def test_agent_seconds_and_agent_come_by_a_named_migration(tmp_path: Path) -> No
         assert ledger.trial(2).agent_seconds == 12.5 and ledger.trial(2).agent.startswith("openai local")
     finally:
         ledger.close()
+
+
+def test_the_audit_verdict_and_findings_come_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert {"trials.audit", "trials.findings"} <= set(ledger.migrations())
+        assert [(t.audit, t.findings) for t in ledger.trials()] == [("", [])] * 3  # older trials: not audited
+        rec = ledger.trial(1)
+        rec.audit = "suspicious"
+        rec.findings = [{"check": "metric-constant", "reason": "a constant", "file": "train.py", "lines": [3]}]
+        ledger.save(rec)
+        assert ledger.trial(1).findings[0]["lines"] == [3] and ledger.trial(1).audit == "suspicious"
+    finally:
+        ledger.close()

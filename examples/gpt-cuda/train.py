@@ -232,7 +232,7 @@ smooth_loss = None
 raw_model.train()
 while True:
     t_step = time.perf_counter()
-    if t_step + step_seconds >= deadline:  # the next step would not finish in time
+    if step and t_step + step_seconds >= deadline:  # the next step would not finish in time (one always runs)
         break
     progress = (t_step - t_start) / max(1e-9, deadline - t_start)
     lr = lr_at(step, progress)

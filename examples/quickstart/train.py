@@ -162,7 +162,7 @@ for epoch in range(EPOCHS):
     epoch_loss = 0.0
     for k in range(steps_per_epoch):
         t_step = time.perf_counter()
-        if t_step + step_seconds >= deadline:  # the next step would not finish in time
+        if step and t_step + step_seconds >= deadline:  # the next step would not finish in time (one always runs)
             out_of_time = True
             break
         idx = perm[k * BATCH_SIZE:(k + 1) * BATCH_SIZE]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from nightlab import __version__, cli_views
+from nightlab import __version__, cli_review, cli_views
 from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_lock, tag_of
 from nightlab.errors import NightlabError, UsageError
 
@@ -316,6 +316,10 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
                   f"  branch:   nightlab/demo  (git -C {dest} log --oneline nightlab/demo)\n"
                   f"  report:   {state}/report.html  (progress.png beside it)\n"
                   f"  more:     cd {dest} && nightlab status && nightlab log")
+
+
+# -- accept / reject (cli_review.py) -------------------------------------------------------------------
+cli_review.register(app)
 
 
 def main() -> None:

@@ -181,6 +181,14 @@ class ReportConfig(Section):
     mlflow_experiment: str = ""  # default "nightlab/<tag>"
 
 
+class AuditConfig(Section):
+    enabled: bool = True  # audit every judged trial's change against its parent (audit.py)
+    on_suspicious: Literal["warn", "hold"] = "warn"  # hold: a flagged win waits for `nightlab accept/reject N`
+    inspector: Literal["", "anthropic", "openai"] = ""  # a model also reads each win's diff (inspector.py)
+    inspector_model: str = ""  # default: [agent] model when the agent is the same provider, else the provider's
+    inspector_base_url: str = ""  # default: [agent] base_url when the agent is the same provider, else the SDK's
+
+
 class Config(Section):
     project: ProjectConfig = ProjectConfig()
     run: RunConfig = RunConfig()
@@ -192,6 +200,7 @@ class Config(Section):
     phases: PhasesConfig = PhasesConfig()
     executor: ExecutorConfig = ExecutorConfig()
     report: ReportConfig = ReportConfig()
+    audit: AuditConfig = AuditConfig()
 
     # Set by load(); not part of the file.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS trials (
     commit_sha TEXT, parent TEXT, seconds REAL, seed INTEGER,
     cost_usd REAL, tokens_in INTEGER, tokens_out INTEGER,
     started REAL, finished REAL, hardware TEXT,
-    agent_seconds REAL, agent TEXT
+    agent_seconds REAL, agent TEXT,
+    audit TEXT NOT NULL DEFAULT '', findings TEXT  -- the audit's verdict and findings (audit.py)
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -65,6 +66,8 @@ MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.hardware": _add_column("trials", "hardware", "TEXT"),
     "trials.agent_seconds": _add_column("trials", "agent_seconds", "REAL NOT NULL DEFAULT 0"),
     "trials.agent": _add_column("trials", "agent", "TEXT NOT NULL DEFAULT ''"),
+    "trials.audit": _add_column("trials", "audit", "TEXT NOT NULL DEFAULT ''"),
+    "trials.findings": _add_column("trials", "findings", "TEXT"),
 }
 
 
@@ -92,6 +95,8 @@ class TrialRecord:
     hardware: str = ""  # what its runs trained on ("cpu", GPU models): fixed-time results depend on it
     agent_seconds: float = 0.0  # the agent's time on its proposal, failed ones too (`seconds` is the runs')
     agent: str = ""  # the agent, model and endpoint that proposed it: they may change between sessions of a tag
+    audit: str = ""  # the audit's verdict on its change (an AuditVerdict; "" = not audited)
+    findings: list = field(default_factory=list)  # the audit's findings: {check, reason, file, lines}
 
     def add_run(self, seconds: float, hardware: str) -> None:
         """Any run's time and hardware (a lost or failed one took them too)."""
@@ -112,7 +117,7 @@ class TrialRecord:
         return d
 
 
-_JSON = ("metrics", "runs")
+_JSON = ("metrics", "runs", "findings")
 
 
 class Ledger:

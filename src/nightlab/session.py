@@ -15,6 +15,7 @@ from nightlab.ledger import Ledger, TrialRecord
 from nightlab.loop import Limits, Loop
 from nightlab.measure import measure
 from nightlab.per_example import Examples
+from nightlab.review import check_inspector
 from nightlab.runspec import run_spec
 from nightlab.sandbox import load_sandbox, passthrough
 from nightlab.sandbox.limits import sweep_stale
@@ -40,6 +41,7 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
         raise UsageError(f"{cfg.path}: project.program: {program} not found")
     agent = load_agent(cfg.agent.name, cfg, state)
     check(agent)  # an endpoint that cannot work fails here, before the baseline and before anything is recorded
+    check_inspector(cfg, state)
     ex = cfg.executor
     executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots,
                              **({"inline": True} if ex.name == "local" and ex.slots == 1 and not ex.pipeline else {}))

@@ -13,7 +13,7 @@ import shutil
 import time
 from enum import StrEnum
 
-from nightlab import crashpoint, per_example, program
+from nightlab import crashpoint, per_example, program, review
 from nightlab.agents import capable
 from nightlab.decide import Verdict, decide, distinct
 from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
@@ -174,7 +174,7 @@ class Trial:
         rec.metric, rec.delta = d.value, d.value - best.metric
         if d.verdict == Verdict.KEEP and rec.parent != best.commit_sha:  # the best moved on while it ran
             return Next.RUN if self.rebase() else Next.RECORD
-        rec.status = Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD
+        rec.status = review.audited(lab, rec, Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD)
         return Next.RECORD
 
     def rebase(self) -> bool:

@@ -21,6 +21,8 @@ class Status(StrEnum):
     REJECTED = "rejected"  # the agent changed a file it may not, or changed nothing
     INVALID = "invalid"  # a protected file changed, or a constraint was violated
     LOST = "lost"  # the infrastructure killed it; retried, never charged to the agent
+    HELD = "held"  # a win the audit found suspicious, with [audit] on_suspicious = "hold": not built upon until
+    #                a person accepts it (then keep) or rejects it (then discard)
 
 
 class RunEnd(StrEnum):

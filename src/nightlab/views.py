@@ -13,13 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from nightlab import project
+from nightlab.audit import summary
 from nightlab.config import Config
 from nightlab.decide import evidence_note
 from nightlab.ledger import Ledger, TrialRecord, best_of
 from nightlab.types import Status
 
 STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
-         "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue"}
+         "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue", "held": "bold yellow"}
 
 
 def log_json(trials: list[TrialRecord]) -> list[dict]:
@@ -59,6 +60,8 @@ def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float |
         "agent_seconds": sum(t.agent_seconds for t in trials),
         "cost_usd": sum(t.cost_usd for t in trials),
         "running": [t.n for t in trials if t.status == Status.RUNNING],
+        "flagged": [t.n for t in trials if t.audit == "suspicious"],  # by the audit (audit.py), held or not
+        "held": [t.n for t in trials if t.status == Status.HELD],  # waiting for `nightlab accept/reject N`
         **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
     }
 
@@ -87,6 +90,8 @@ def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "") -
     for t in trials:
         text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
             f"{t.description} [{t.reason}]" if t.description else t.reason
+        if t.findings:
+            text += f" [audit: {summary(t.findings)}]"
         table.add_row(str(t.n), Text(t.status, style=STYLE.get(t.status, "")), _cut(fmt(t.metric)),
                       fmt(t.delta, True), _cut(t.phase), f"{t.seconds:.0f}", _cut(text))
     return table
@@ -110,6 +115,9 @@ def summary_table(s: dict) -> Table:
     if s.get("keep_rule"):
         warn = "no noise measured" in s["keep_rule"]
         rows.append(("keep rule", f"[yellow]{escape(s['keep_rule'])}[/]" if warn else escape(s["keep_rule"])))
+    if s.get("flagged"):
+        held = f"; held: {', '.join(map(str, s['held']))} (nightlab accept N / nightlab reject N)" if s["held"] else ""
+        rows.append(("audit", f"[yellow]suspicious: trial {', '.join(map(str, s['flagged']))}{held}[/]"))
     if s["phase"]:
         rows.append(("phase", s["phase"]))
     if s["cost_usd"]:
@@ -179,7 +187,8 @@ def where(cfg: Config, tag: str) -> str:
     return "\n".join(lines)
 
 
-TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware", "agent_seconds", "agent"]
+TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "hardware", "agent_seconds", "agent",
+              "audit", "findings"]
 
 
 def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
@@ -210,7 +219,8 @@ def _tsv_line(t: TrialRecord) -> str:
     mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
     cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
              str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-             ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent]
+             ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent,
+             t.audit, summary(t.findings)]
     return "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
 
 
@@ -229,4 +239,6 @@ def commit_message(rec: TrialRecord, best: TrialRecord, noise: float | None, met
     lines.append(f"status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
     if rec.phase:
         lines.append(f"phase: {rec.phase}")
+    if rec.findings:
+        lines.append(f"audit: {rec.audit} ({summary(rec.findings)})")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ img.chart { width: 100%; height: auto; border: 1px solid var(--line); border-rad
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: var(--panel); } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.audit { color: var(--warn); } .st-held { color: var(--warn); }
 .st { font-weight: 600; } .st-keep { color: var(--keep); } .st-baseline { color: var(--base); }
 .st-discard, .st-lost { color: var(--muted); } .st-crash, .st-timeout { color: var(--bad); }
 .st-rejected, .st-invalid { color: var(--warn); }
@@ -175,6 +176,11 @@ def _row(t: TrialRecord, diff: str) -> str:
         desc += f' <span class="reason">[{esc(t.reason)}]</span>'
     if t.hypothesis:
         desc += f'<br><span class="reason">{esc(t.hypothesis)}</span>'
+    if t.findings:  # the audit's findings, next to the keep (or discard) they are about
+        items = "".join(f"<li>{esc(f['check'])}: {esc(f['reason'])}"
+                        f"{esc(' (' + f['file'] + ':' + ','.join(map(str, f['lines'])) + ')') if f['lines'] else ''}"
+                        f"</li>" for f in t.findings)
+        desc += f'<div class="audit" data-audit="{esc(t.audit)}">audit: {esc(t.audit)}<ul>{items}</ul></div>'
     if diff.strip():
         desc += f"<details><summary>diff</summary><pre class=\"diff\">{_diff_html(diff)}</pre></details>"
     runs = f" title=\"runs: {esc(', '.join(f'{r:.6g}' for r in t.runs))}\"" if len(t.runs) > 1 else ""
