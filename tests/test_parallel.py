@@ -19,6 +19,7 @@ from nlkit import (CLI, PARALLEL_TRAIN, Project, check_consistent, content, idea
 from prockit import Watch
 
 KEPT = "SELECT 1 FROM trials WHERE n = {} AND status = 'keep'"
+PROPOSED = "SELECT 1 FROM trials WHERE n = {} AND commit_sha IS NOT NULL"  # (a bare sha is false when it starts a-f)
 
 
 def test_two_slots_run_trials_at_once_and_keep_git_and_ledger_consistent(tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_pipelining_proposes_the_next_trial_while_one_trains_and_rebases_it_afte
     proj = parallel_project(
         tmp_path,
         # trial 1 trains until the agent has proposed trial 2
-        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, "SELECT 1 FROM trials WHERE n = 2 AND commit_sha")),
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, PROPOSED.format(2))),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1")),
         idea("bonus again", sub("BONUS = 0.0", "BONUS = 0.2")),
     )
@@ -149,7 +150,7 @@ def test_notes_in_the_scratchpad_never_keep_a_winner_from_being_rebased(tmp_path
 
     proj = parallel_project(
         tmp_path,
-        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, "SELECT 1 FROM trials WHERE n = 2 AND commit_sha"),
+        idea("lr 0.3", sub("LR = 0.1", "LR = 0.3"), until(tmp_path, PROPOSED.format(2)),
              note("LR 0.3: the optimum?")),
         idea("bonus", sub("BONUS = 0.0", "BONUS = 0.1"), note("a bonus helps")),
     )

@@ -84,7 +84,7 @@ def test_a_bogus_executor_flag_is_one_line_naming_the_flag_and_the_key(tmp_path:
     # (--sandbox: test_cli.py)
     proj = _project(tmp_path)
     line = one_line_error(proj.run("--max-trials", "0", "--executor", "nope", ok=False))
-    assert line == ("error: --executor: unknown executor 'nope' (known: local, ray; or module:Class) "
+    assert line == ("error: --executor: unknown executor 'nope' (known: local, ray, slurm, ssh; or module:Class) "
                     "(config key executor.name)"), line
 
 

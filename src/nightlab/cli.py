@@ -104,7 +104,7 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
         sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (config: sandbox.backend).")] = None,
         slots: Annotated[int | None, typer.Option(help="Trials in flight at once (config: executor.slots).",
                                                   min=1)] = None,
-        executor: Annotated[str | None, typer.Option(help="local or ray (config: executor.name).")] = None,
+        executor: Annotated[str | None, typer.Option(help="local, ray, slurm or ssh (config: executor.name).")] = None,
         pipeline: Annotated[bool | None, typer.Option("--pipeline/--no-pipeline",
                             help="The agent prepares the next trial while the slots train "
                                  "(config: executor.pipeline).")] = None,
@@ -273,12 +273,19 @@ app.command("report")(cli_views.report_cmd)
 
 # -- doctor -----------------------------------------------------------------------------------
 @app.command()
-def doctor() -> None:
-    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras."""
+def doctor(config_path: ConfigOpt = None) -> None:
+    """What works on this machine: sandboxes (and why not the others), limits, GPUs, agent CLIs, extras; in a
+    project whose executor is slurm, also the cluster (a tiny probe job)."""
     from nightlab.doctor import checks
 
+    try:
+        cfg = load_config(config_path)
+    except UsageError:
+        if config_path is not None:
+            raise
+        cfg = None  # outside a project: this machine only
     section = ""
-    for c in checks():
+    for c in checks(cfg):
         if c.section != section:
             section = c.section
             console.print(f"[bold]{section}[/]")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
     """Where a run stands: trials, kept, best, delta vs baseline, the last 10 trials."""
-    from nightlab import views
+    from nightlab import project, views
 
     cfg = load_config(config_path)
     tag = tag_of(cfg, tag)
@@ -22,21 +22,21 @@ def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt =
         ledger = existing(cfg, tag)
         data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
                                  views.evidence(ledger))
-        slots = views.slots_of(ledger, always=True)
+        slots = views.slots_of(ledger, always=True, queue=views.queued(project.state_dir(cfg, tag)))
         print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
         return
     show_status(cfg, tag)
 
 
 def show_status(cfg: Config, tag: str) -> None:
-    from nightlab import views
+    from nightlab import project, views
 
     ledger = existing(cfg, tag)
     trials = ledger.trials()
     console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
                                                          views.evidence(ledger))))
     console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
-    if slots := views.slots_of(ledger):
+    if slots := views.slots_of(ledger, queue=views.queued(project.state_dir(cfg, tag))):
         console.print(views.slots_table(slots))
     if rows := ledger.latest_verify():
         from nightlab import verify

@@ -161,12 +161,46 @@ class PhasesConfig(Section):
     allow_web: list[int] = []
 
 
+class SlurmConfig(Section):
+    """[executor.slurm]: how each run becomes one Slurm job (GPUs: [executor] gpus_per_trial)."""
+
+    partition: str = ""  # empty: the cluster's default partition
+    account: str = ""
+    qos: str = ""
+    time_limit_min: int = Field(0, ge=0)  # 0: the run's timeout (twice with an evaluator) plus 10 minutes
+    cpus: int = Field(1, ge=1)  # per run
+    memory_gb: float = Field(0, ge=0)  # per run; 0: the partition's default
+    sbatch: list[str] = []  # extra #SBATCH options, e.g. ["--constraint=h100"]
+    setup: str = ""  # a shell line run in the job first: module loads, a venv's activation
+    python: str = ""  # the interpreter on compute nodes; empty: the one nightlab runs under (a shared path)
+    poll_s: float = Field(5, gt=0)  # how often squeue is asked; finished runs are noticed sooner, by their files
+
+
+class SshHost(Section):
+    host: str  # a name ssh knows (~/.ssh/config applies), or user@address
+    port: int = Field(22, ge=1, le=65535)
+    slots: int = Field(1, ge=1)  # runs at once on this host
+    gpus: list[str] = []  # its GPU indices, handed out [executor] gpus_per_trial to each of its slots
+    python: str = "python3"  # an interpreter there with nightlab installed
+
+
+class SshConfig(Section):
+    """[executor.ssh]: hosts that run trials over SSH, nightlab installed on each."""
+
+    hosts: list[SshHost] = []
+    identity_file: str = ""  # the key to log in with; empty: ssh's own choice (its agent, ~/.ssh/id_*)
+    known_hosts: str = ""  # the hosts' keys; empty: ~/.ssh/known_hosts. An unknown or changed key is refused.
+    workdir: str = ".cache/nightlab-ssh"  # on each host, under its home: the project's files, synced
+
+
 class ExecutorConfig(Section):
-    name: str = "local"  # local, ray, or module:Class
+    name: str = "local"  # local, ray, slurm, ssh, or module:Class
     slots: int = Field(1, ge=1)  # runs at once; each slot gets its own gpus_per_trial GPUs
     gpus_per_trial: int = Field(0, ge=0)  # 0: every run sees [sandbox] gpus
     pipeline: bool = False  # the agent prepares the next trial while the slots train
     ray_address: str = ""  # empty: start a local Ray cluster
+    slurm: SlurmConfig = SlurmConfig()
+    ssh: SshConfig = SshConfig()
 
     @field_validator("name")
     @classmethod

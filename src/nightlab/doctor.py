@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab.config import Config
+
 EXTRAS = {"optuna": "optuna", "anthropic": "anthropic", "openai": "openai", "report": "matplotlib",
           "mlflow": "mlflow"}
 
@@ -110,5 +112,26 @@ def agents_and_extras() -> list[Check]:
     return out
 
 
-def checks() -> list[Check]:
-    return [*sandboxes(), *cgroups(), *gpus(), *agents_and_extras()]
+def executor(cfg: Config) -> list[Check]:
+    """The project's executor, when it runs elsewhere (Slurm, SSH hosts): reachable, and what its machines offer."""
+    if cfg.executor.name == "slurm":
+        from nightlab.executors import slurmdoctor
+
+        return [Check("executor slurm", name, ok, text) for name, ok, text in slurmdoctor.checks(cfg)]
+    if cfg.executor.name == "ssh":
+        from nightlab.errors import UsageError
+        from nightlab.executors.ssh import SshExecutor
+
+        try:
+            ex = SshExecutor(cfg, cfg.sandbox.backend, 1)
+        except UsageError as e:
+            return [Check("executor ssh", "hosts", False, str(e))]
+        try:
+            return [Check("executor ssh", name, ok, text) for name, ok, text in ex.doctor()]
+        finally:
+            ex.shutdown()
+    return []
+
+
+def checks(cfg: Config | None = None) -> list[Check]:
+    return [*sandboxes(), *cgroups(), *gpus(), *agents_and_extras(), *(executor(cfg) if cfg else [])]

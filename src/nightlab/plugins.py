@@ -13,7 +13,8 @@ from nightlab.errors import UsageError
 
 SANDBOXES = {"bwrap": "nightlab.sandbox.bwrap:BwrapSandbox", "docker": "nightlab.sandbox.container:DockerSandbox",
              "podman": "nightlab.sandbox.container:PodmanSandbox", "process": "nightlab.sandbox.process:ProcessSandbox"}
-EXECUTORS = {"local": "nightlab.executors.local:LocalExecutor", "ray": "nightlab.executors.ray:RayExecutor"}
+EXECUTORS = {"local": "nightlab.executors.local:LocalExecutor", "ray": "nightlab.executors.ray:RayExecutor",
+             "slurm": "nightlab.executors.slurm:SlurmExecutor", "ssh": "nightlab.executors.ssh:SshExecutor"}
 PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 

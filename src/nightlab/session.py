@@ -43,8 +43,10 @@ def run_session(cfg: Config, tag: str, max_trials: int | None, hours: float | No
     check(agent)  # an endpoint that cannot work fails here, before the baseline and before anything is recorded
     check_inspector(cfg, state)
     ex = cfg.executor
-    executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots,
-                             **({"inline": True} if ex.name == "local" and ex.slots == 1 and not ex.pipeline else {}))
+    options: dict[str, object] = {"state": state} if ex.name == "slurm" else {}  # its job files live there
+    if ex.name == "local" and ex.slots == 1 and not ex.pipeline:
+        options["inline"] = True
+    executor = load_executor(ex.name, cfg, cfg.sandbox.backend, ex.slots, **options)
     try:
         return _run(cfg, tag, state, fresh, agent, executor, Limits(max_trials=max_trials, hours=hours), notify)
     finally:

@@ -3,6 +3,7 @@ so keep the fields stable, and their rich tables), results.tsv, and the commit m
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -127,16 +128,28 @@ def summary_table(s: dict) -> Table:
     return table
 
 
-def slots_of(ledger: Ledger, always: bool = False) -> list[dict]:
-    """The tag's slot activity; empty for a tag run one trial at a time, unless `always`."""
+def slots_of(ledger: Ledger, always: bool = False, queue: dict | None = None) -> list[dict]:
+    """The tag's slot activity; empty for a tag run one trial at a time, unless `always` or runs are queued
+    on a cluster (`queue`: see queued())."""
     slots = int(ledger.get("slots", 1))
-    if not always and slots == 1 and not ledger.get("pipeline", False):
+    if not always and slots == 1 and not ledger.get("pipeline", False) and not queue:
         return []
-    return slot_activity(ledger.runs(), slots)
+    return slot_activity(ledger.runs(), slots, queue=queue)
 
 
-def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> list[dict]:
-    """Per slot: what it runs now, how many runs it finished, and how busy it was since its first run."""
+def queued(state: Path) -> dict:
+    """The cluster jobs of the tag's runs in flight, as the executor last saw them (Slurm writes queue.json):
+    run's job id → {"where": e.g. "Slurm job 17", "state": e.g. "RUNNING"}."""
+    try:
+        found = json.loads((state / "queue.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def slot_activity(runs: list[dict], slots: int, now: float | None = None, queue: dict | None = None) -> list[dict]:
+    """Per slot: what it runs now (and where, on a cluster), how many runs it finished, and how busy it was
+    since its first run."""
     now = now or time.time()
     out = []
     for slot in range(max([slots, *[r["slot"] + 1 for r in runs if r["slot"] is not None]])):
@@ -150,7 +163,8 @@ def slot_activity(runs: list[dict], slots: int, now: float | None = None) -> lis
                     "runs": len([r for r in mine if r["status"] != Status.RUNNING]),
                     "lost": len([r for r in mine if r["status"] == Status.LOST]),
                     "busy_s": busy, "busy": busy / span if span else None,
-                    "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), "")})
+                    "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), ""),
+                    "queue": (queue or {}).get(current["job"]) if current else None})
     return out
 
 
@@ -160,6 +174,8 @@ def slots_table(slots: list[dict]) -> Table:
         table.add_column(col, justify="right" if col in ("slot", "runs", "lost", "busy") else "left")
     for s in slots:
         now = f"trial {s['trial']} run {s['run']} ({s['for_s']:.0f}s)" if s["trial"] is not None else "idle"
+        if q := s.get("queue"):
+            now += f" · {q.get('where', '')} {q.get('state', '')}"
         busy = f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—"
         table.add_row(str(s["slot"]), now, str(s["runs"]), str(s["lost"]), busy, escape(s["hardware"]))
     return table

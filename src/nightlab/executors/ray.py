@@ -39,7 +39,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,7 @@ from nightlab.agents import require
 from nightlab.config import Config
 from nightlab.errors import UsageError
 from nightlab.executors import Job, check_gpus, execute, gpu_ids
-from nightlab.executors.transfer import alive, collect, job_dir, materialise, short_tmp, write_back
-from nightlab.runspec import spec_fields
+from nightlab.executors.transfer import alive, collect, job_dir, on_worker, short_tmp, write_back
 from nightlab.sandbox import load_sandbox
 from nightlab.types import RunOutcome, Status
 
@@ -282,17 +280,13 @@ def run_job(cfg: Config, sandbox: str, job: Job, ray_gpus: bool) -> tuple[RunOut
     """One job in a Ray worker: a fresh copy of the candidate, `execute()`, the run directory by value."""
     base = job_dir()
     try:
-        cwd = materialise(cfg, job, base / "project")
-        run_dir = base / "run"
-        run_dir.mkdir()
-        isolation = {k: v for k, v in spec_fields(cfg, cwd).items() if k in ("readonly", "hidden", "masked")}
-        spec = replace(job.spec, cwd=cwd, run_dir=run_dir, **isolation)
+        job = on_worker(cfg, job, base)
         if ray_gpus:  # the GPUs Ray reserved for this task (it set CUDA_VISIBLE_DEVICES to the same)
             import ray
 
-            spec.gpus = ",".join(sorted(ray.get_runtime_context().get_accelerator_ids()["GPU"], key=_index))
-        outcome = execute(cfg, load_sandbox(sandbox), replace(job, spec=spec))
-        return outcome, collect(run_dir)
+            job.spec.gpus = ",".join(sorted(ray.get_runtime_context().get_accelerator_ids()["GPU"], key=_index))
+        outcome = execute(cfg, load_sandbox(sandbox), job)
+        return outcome, collect(job.spec.run_dir)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -13,12 +13,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.executors import Job
 from nightlab.integrity import clear
 from nightlab.project import STATE, visible_data
+from nightlab.runspec import spec_fields
 from nightlab.sandbox.bwrap import HARNESS_RECORDS
 
 MB = 1 << 20
@@ -61,6 +63,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+def on_worker(cfg: Config, job: Job, base: Path) -> Job:
+    """The job as a worker runs it: the candidate materialised in `base`/project, a run directory of its own in
+    `base`/run, and what the run may see and not see as the worker's copy of the project lays it out."""
+    cwd = materialise(cfg, job, base / "project")
+    run_dir = base / "run"
+    run_dir.mkdir()
+    isolation = {k: v for k, v in spec_fields(cfg, cwd).items() if k in ("readonly", "hidden", "masked")}
+    return replace(job, spec=replace(job.spec, cwd=cwd, run_dir=run_dir, **isolation))
+
+
 def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
     """The candidate at `cwd`: the project's files (data linked, as in a worktree), then the job's editable files."""
     root = cfg.root.resolve()
@@ -95,7 +107,10 @@ def materialise(cfg: Config, job: Job, cwd: Path) -> Path:
 
 
 def project_files(root: Path) -> list[Path]:
-    """What a worktree would hold: the files git tracks or would track (not ignored ones, e.g. a .venv)."""
+    """What a worktree would hold: the files git tracks or would track (not ignored ones, e.g. a .venv); in a
+    copy of those that is no repository (an SSH host's), every file."""
+    if not (root / ".git").exists():
+        return [p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()]
     proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                           capture_output=True)
     if proc.returncode != 0:
