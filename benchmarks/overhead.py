@@ -1,22 +1,27 @@
-"""Harness overhead per trial: trial wall time minus the run's own time.
+"""Harness overhead per trial as a user sees it: the real CLI (`nightlab run`, default report setting, output to
+a pipe), a no-op train.py, the scripted agent. A trial's wall time is the time from one trial's result line to
+the next one's (everything the harness does for it: brief, proposal, commit, sandboxed run, decision, record,
+views); its overhead is that minus the run's own time (the ledger's run seconds). Beside it, the floor: a plain
+`subprocess.run` of the same command. Sessions are interleaved (process, bwrap, floor, ...); medians and p90 over
+all trials of all sessions. On a loaded machine wall times swing; the CPU time a session takes (nightlab, its git
+processes and the runs, start-up included) per trial, beside the floor's per run, shows the work itself.
 
-A no-op train.py, the scripted agent, the process sandbox; N trials (default 50). Prints the median
-and spread in milliseconds. Usage: python benchmarks/overhead.py [N] [SANDBOX]   (SANDBOX: auto (default), bwrap, process)
+Usage: python benchmarks/overhead.py [TRIALS] [SESSIONS] [SANDBOX...]   (default 30 trials, 3 sessions, process bwrap)
 """
 
 from __future__ import annotations
 
-import logging
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
-from nightlab import config
 from nightlab.ledger import Ledger, TrialRecord
-from nightlab.session import run_session
 
 CONFIG = """
 [project]
@@ -65,29 +70,75 @@ def trial_phase(root: Path, tag: str) -> tuple[list[TrialRecord], list[dict], fl
     return trials, runs, max(t.finished for t in trials) - min(t.started for t in trials)
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-    backend = sys.argv[2] if len(sys.argv) > 2 else "auto"
-    logging.disable(logging.WARNING)  # the process sandbox warns on every run
-    started: dict[int, float] = {}
-    overhead: list[float] = []
+CLI = [sys.executable, "-m", "nightlab.cli"]
 
-    def notify(event: str, rec: TrialRecord) -> None:
-        if event == "propose":
-            started[rec.n] = time.perf_counter()
-        elif event == "done" and rec.n in started:
-            overhead.append(time.perf_counter() - started[rec.n] - rec.seconds)
 
+def cpu() -> float:
+    """CPU seconds of the children this process waited for (and of theirs)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def session(n: int, backend: str) -> tuple[list[float], float]:
+    """One `nightlab run` of n trials: each trial's wall time (result line to result line) minus its run's time;
+    and the CPU seconds of the whole session per trial."""
+    used = cpu()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_project(root, n)
-        cfg = config.load(root / "nightlab.toml")
-        cfg.sandbox.backend = backend
-        run_session(cfg, "bench", n, None, notify)
-    ms = sorted(1000 * o for o in overhead)
-    q = statistics.quantiles(ms, n=10)
-    print(f"harness overhead per trial over {len(ms)} trials (no-op train.py, scripted agent, sandbox {backend})")
-    print(f"  median {statistics.median(ms):.1f} ms   p10 {q[0]:.1f} ms   p90 {q[-1]:.1f} ms   max {ms[-1]:.1f} ms")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [*CLI, "run", "--tag", "bench", "--max-trials", str(n), "--sandbox", backend]
+        done: dict[int, float] = {}
+        with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                words = line.split()
+                if len(words) > 2 and words[0] == "trial" and words[1].isdigit():  # a result line: "trial  3  keep"
+                    done[int(words[1])] = time.perf_counter()
+        assert proc.returncode == 0, f"nightlab run failed ({proc.returncode})"
+        trials, _, _ = trial_phase(root, "bench")
+    seconds = {t.n: t.seconds for t in trials}
+    return [done[k] - done[k - 1] - seconds[k] for k in range(1, n + 1) if k in done and k - 1 in done], \
+        (cpu() - used) / (n + 1)
+
+
+def floor(n: int) -> tuple[list[float], float]:
+    """The same command run n times with a plain subprocess.run: what no harness can go under."""
+    used = cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_project(root, 1)
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "train.py"], cwd=root, capture_output=True, check=True)
+            out.append(time.perf_counter() - start)
+    return out, (cpu() - used) / n
+
+
+def summary(seconds: list[float]) -> str:
+    ms = sorted(1000 * s for s in seconds)
+    p90 = statistics.quantiles(ms, n=10)[-1] if len(ms) > 1 else ms[0]
+    return f"median {statistics.median(ms):6.1f} ms   p90 {p90:6.1f} ms   max {ms[-1]:6.1f} ms   ({len(ms)} trials)"
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    backends = sys.argv[3:] or ["process", "bwrap"]
+    got: dict[str, list[float]] = defaultdict(list)
+    cpus: dict[str, list[float]] = defaultdict(list)
+    for _ in range(sessions):  # interleaved: a load spike hits every column alike
+        for backend, (wall, used) in [*((b, session(n, b)) for b in backends), ("floor", floor(n))]:
+            got[backend] += wall
+            cpus[backend].append(used)
+    print(f"per-trial overhead of `nightlab run` ({n} trials x {sessions} sessions, no-op train.py, scripted agent; "
+          "trial wall time minus the run's own time)")
+    for backend in backends:
+        print(f"  {backend:<8} {summary(got[backend])}   CPU {1000 * statistics.median(cpus[backend]):5.1f} ms a trial")
+    print("floor: a plain subprocess.run of `python train.py` (its whole time)")
+    print(f"  {'floor':<8} {summary(got['floor'])}   CPU {1000 * statistics.median(cpus['floor']):5.1f} ms a run")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Soak: N trials of a no-op train.py through `nightlab run` (process sandbox, scripted agent): nightlab's resident
-memory and open file descriptors sampled all along (start, end, max), the time of `status`, `log --json` and
-`report` at the end, and the size of `.git` beside what its trial refs need.
+memory and open file descriptors sampled all along (start, end, max), the report's own process's memory, the time
+of `status`, `log --json` and `report` at the end, and the size of `.git` beside what its trial refs need.
 
 Usage: python benchmarks/soak.py [N]     (default 1000)
 """
@@ -29,6 +29,21 @@ def sample(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def worker_rss(pid: int) -> int | None:
+    """Resident KiB of the report's own process (report/worker.py), a child of nightlab; None when it has none."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for kid in kids:
+        try:
+            if b"nightlab.report.worker" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return (s := sample(int(kid))) and s[0]
+        except OSError:
+            continue
+    return None
+
+
 def timed(proj, *args: str) -> float:
     start = time.monotonic()
     proc = subprocess.run([*CLI, *args], cwd=proj.dir, env=proj.env, capture_output=True, text=True)
@@ -50,10 +65,12 @@ def main() -> None:
     err = (root / "run.err").open("w")  # a file, not a pipe: nobody reads a pipe until the end, and it fills up
     proc = subprocess.Popen([*CLI, "run", "--tag", "t", "--max-trials", str(n)], cwd=proj.dir, env=proj.env,
                             stdout=subprocess.DEVNULL, stderr=err)
-    samples = []
+    samples, drawer = [], []
     while proc.poll() is None:
         if (s := sample(proc.pid)) is not None:
             samples.append((time.monotonic() - start, *s))
+        if (w := worker_rss(proc.pid)) is not None:
+            drawer.append(w / 1024)
         time.sleep(0.5)  # a benchmark's sampling period, not a test's wait
     assert proc.returncode == 0, (root / "run.err").read_text()[-2000:]
     wall = time.monotonic() - start
@@ -66,6 +83,10 @@ def main() -> None:
     mib = [r / 1024 for r in rss]
     print(f"resident memory (MiB): start {settled[0][1] / 1024:.1f}, end {mib[-1]:.1f}, max {max(mib):.1f}")
     print(f"open fds: start {settled[0][2]}, end {fds[-1]}, max {max(fds)}")
+    if drawer:
+        quarters = ", ".join(f"{drawer[len(drawer) * q // 4]:.1f}" for q in (1, 2, 3))
+        print(f"the report's process (MiB): first {drawer[0]:.1f}, at 1/4, 1/2, 3/4 of the run {quarters}, "
+              f"last {drawer[-1]:.1f}, max {max(drawer):.1f}")
     for args in (("status", "--tag", "t"), ("log", "--tag", "t", "--json"), ("report", "--tag", "t")):
         print(f"nightlab {' '.join(args)}: {timed(proj, *args):.2f} s")
     refs = len(proj.git("for-each-ref", "refs/nightlab/t/").splitlines())

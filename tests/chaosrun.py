@@ -19,10 +19,10 @@ POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "tr
               "run.started", "run.finished", "trial.recorded", "report.written"]
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured"]
-GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "add --", "commit --quiet --no-verify",
-           "commit --quiet --amend", "update-ref", "diff", "ls-files", "rev-parse"]
+GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "add --", "commit --quiet --no-verify",
+           "show", "commit-tree", "update-ref", "rev-parse"]
 GIT_VERIFY = ["reset --hard", "clean", "rev-parse"]
-REPEATED = {"reset --hard", "clean", "rev-parse", "diff", "ls-files"}  # made more than once by every trial
+REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
 
 # The scripted agent's ideas: every outcome a trial can have.
 IDEAS = [idea("LR 0.1 -> 0.2 (keep)", sub("LR = 0.1", "LR = 0.2")),

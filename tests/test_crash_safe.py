@@ -50,7 +50,7 @@ def test_a_a_branch_the_user_made_is_still_refused(tmp_path: Path) -> None:
 
 
 # -- B: a resumed trial keeps its proposal ------------------------------------------------------------------
-@pytest.mark.parametrize("point", [{"git_at": "commit --quiet --amend#1"}, {"crash_at": "run.finished#2"}])
+@pytest.mark.parametrize("point", [{"git_at": "commit-tree#1"}, {"crash_at": "run.finished#2"}])
 def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, point: dict) -> None:
     proj = make_project(tmp_path, ideas=IMPROVE)
     killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", **point)
@@ -67,7 +67,8 @@ def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, p
 
 
 # -- C: git's lock files ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("point", ["reset --hard#2:inside", "commit --quiet --amend#1:inside",
+# reset --hard#3: trial 1's record moving the branch to its kept commit (after the baseline's two)
+@pytest.mark.parametrize("point", ["reset --hard#2:inside", "reset --hard#3:inside",
                                    "update-ref refs/nightlab/t/trial-1#1:inside",
                                    "commit --quiet --no-verify -m#1:inside"])
 def test_c_killed_while_git_holds_a_lock(tmp_path: Path, point: str) -> None:

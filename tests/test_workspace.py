@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import Scenario
 
 from nlkit import PREPARE, PROGRAM, TRAIN, Project, commit_message, idea, make_project, one_line_error, sub
@@ -134,3 +135,36 @@ def test_a_users_commit_signing_config_does_not_stop_the_loop(tmp_path: Path) ->
     proc = proj.run("--max-trials", "1", ok=False)
     assert proc.returncode == 0, proc.stderr
     assert [r["status"] for r in proj.ledger()] == ["baseline", "keep"]
+
+
+def test_a_worktree_lent_out_is_reset_again_and_edits_are_seen_by_one_status(tmp_path: Path) -> None:
+    """The trial's git shortcuts: a reset skipped only where nightlab knows the worktree clean, and the edits (new,
+    changed and deleted files) read from one `git status`; a refused edit keeps the diff the agent left."""
+    from nightlab.errors import EditRejected
+    from nightlab.workspace import Workspace
+
+    proj = make_project(tmp_path)
+    proj.run("--max-trials", "0")
+    ws = Workspace(proj.dir, "t", ["train.py"], "scratchpad.md")
+    head = ws.head()
+    assert head == proj.git("rev-parse", "nightlab/t")
+    ws.reset(head)
+    ws.lend()  # the agent (or a run) has it now
+    (ws.dir / "train.py").write_text(TRAIN.replace("LR = 0.1", "LR = 0.2"))
+    ws.reset(head, unless_clean=True)  # lent since: reset for real
+    assert (ws.dir / "train.py").read_text() == TRAIN
+
+    ws.lend()
+    (ws.dir / "train.py").write_text(TRAIN.replace("LR = 0.1", "LR = 0.2"))
+    (ws.dir / "notes.txt").write_text("new\n")
+    (ws.dir / "prepare.py").unlink()
+    assert ws.changed_files() == {"notes.txt": False, "prepare.py": True, "train.py": True}
+    with pytest.raises(EditRejected) as refused:
+        ws.verify_edits()
+    assert "LR = 0.2" in refused.value.diff and "prepare.py" in refused.value.diff
+    assert (ws.dir / "prepare.py").read_text() == PREPARE and not (ws.dir / "notes.txt").exists()
+    sha, patch = ws.commit("trial 1: LR 0.2", ["train.py"])
+    assert sha == ws.head() == proj.git("rev-parse", "nightlab/t") and "+LR = 0.2" in patch
+    amended = ws.amend(sha, "trial 1: LR 0.2\n\nstatus: keep")
+    assert proj.git("rev-parse", f"{amended}^{{tree}}") == proj.git("rev-parse", f"{sha}^{{tree}}")
+    assert proj.git("rev-parse", f"{amended}^") == head and ws.head() == sha  # HEAD stays until the reset

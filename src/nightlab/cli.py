@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import shlex
-import signal
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from nightlab import __version__, config, project, views
+from nightlab import __version__, cli_review, cli_views
+from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_lock, tag_of
 from nightlab.errors import NightlabError, UsageError
-from nightlab.ledger import Ledger, TrialRecord
-from nightlab.types import Event
 
 if TYPE_CHECKING:
+    from nightlab.config import Config
+    from nightlab.ledger import TrialRecord
+    from nightlab.types import Event
     from nightlab.verify import Options as VerifyOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nightlab: an agent edits train.py, nightlab trains it in a sandbox, keeps real improvements.")
-console = Console(highlight=False, soft_wrap=True)
-# emoji codes off: an error naming a plug-in path like `mod:X` shows it as written, not with an emoji for `:X:`
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-# Piped or logged, a line stays whole whatever its length (greppable); on a terminal, rich wraps and crops
-# at its width, so nothing runs past the right edge.
-console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal
-log = logging.getLogger("nightlab")
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
-TagOpt = Annotated[str | None, typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _version(value: bool) -> None:
@@ -67,38 +52,6 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _load(path: Path | None) -> config.Config:
-    return config.load(path)
-
-
-def _tag(cfg: config.Config, tag: str | None) -> str:
-    return project.check_tag(tag) if tag else project.latest_tag(cfg)
-
-
-def _existing(cfg: config.Config, tag: str) -> Ledger:
-    path = project.state_dir(cfg, tag) / "ledger.sqlite"
-    if not path.exists():
-        raise UsageError(f"no run with tag {tag!r} in {cfg.root} (start one with `nightlab run --tag {tag}`)")
-    return Ledger(path)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a shutdown, a scheduler) stops as cleanly as Ctrl-C
-
-
-@contextmanager
-def _lock(state: Path) -> Iterator[None]:
-    """One `nightlab run` per tag; the OS drops the lock when the process dies, even by kill -9."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another `nightlab run` is using tag {state.name!r}") from None
-        yield
-
-
 # -- init / prepare ---------------------------------------------------------------------------
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Project directory (default: here).")] = Path("."),
@@ -109,6 +62,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Project directory (defa
          command: Annotated[str, typer.Option(help="Training command.")] = "python train.py",
          budget: Annotated[float, typer.Option(help="Training budget in seconds.", min=1)] = 300) -> None:
     """Write a commented nightlab.toml for a repo, or copy a bundled example (--example) into DIR."""
+    from nightlab import project
+
     if example:
         project.copy_example(example, directory)
         console.print(f"example [bold]{example}[/] is ready in {directory} (a git repo with one commit)\n"
@@ -129,10 +84,12 @@ def init(directory: Annotated[Path, typer.Argument(help="Project directory (defa
 @app.command()
 def prepare(config_path: ConfigOpt = None) -> None:
     """Run the one-time [run] prepare step (data, tokenizer) in the project directory."""
-    _prepare(_load(config_path))
+    _prepare(load_config(config_path))
 
 
-def _prepare(cfg: config.Config) -> None:
+def _prepare(cfg: Config) -> None:
+    from nightlab import project
+
     created = project.prepare(cfg)
     console.print(f"prepared; created: {', '.join(created) or 'nothing new'}", markup=False)
 
@@ -154,13 +111,15 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
                                  "(config: executor.pipeline).")] = None,
         ) -> None:
     """Run the research loop; rerun with the same --tag to resume where it stopped."""
-    cfg = _load(config_path)
+    from nightlab import config, project, views
+
+    cfg = load_config(config_path)
     for key, value, flag in (("agent.name", agent, "--agent"), ("run.budget_s", budget, "--budget"),
                              ("sandbox.backend", sandbox, "--sandbox"), ("executor.slots", slots, "--slots"),
                              ("executor.name", executor, "--executor"), ("executor.pipeline", pipeline, "--pipeline")):
         if value is not None:
             config.override(cfg, key, value, flag)
-    tag = _tag(cfg, tag)
+    tag = tag_of(cfg, tag)
     if cfg.run.prepare and not project.prepared(cfg):
         console.print(f"first run in this project: running the one-time prepare step `{cfg.run.prepare}` "
                       "(`nightlab prepare` runs it again)", markup=False)
@@ -170,22 +129,26 @@ def run(config_path: ConfigOpt = None, tag: TagOpt = None,
     console.print(views.where(cfg, tag), markup=False, soft_wrap=True)  # a path stays whole, to copy
 
 
-def _session(cfg: config.Config, tag: str, max_trials: int | None, hours: float | None) -> str:
+def _session(cfg: Config, tag: str, max_trials: int | None, hours: float | None) -> str:
     """Run the loop for a tag under its lock with the live view and report, then show the status table."""
+    from nightlab import project
     from nightlab.report import watch
     from nightlab.session import run_session
 
-    with _lock(project.state_dir(cfg, tag)), watch(cfg, tag, console, _print_event, max_trials, hours) as notify:
+    with tag_lock(project.state_dir(cfg, tag)), watch(cfg, tag, console, _print_event, max_trials, hours) as notify:
         try:
             reason = run_session(cfg, tag, max_trials, hours, notify)
         except KeyboardInterrupt:
             err.print(f"interrupted: the ledger is consistent; resume with `nightlab run --tag {tag}`", markup=False)
             raise typer.Exit(130) from None
-    _show_status(cfg, tag)
+    cli_views.show_status(cfg, tag)
     return reason
 
 
 def _print_event(event: Event, rec: TrialRecord) -> None:
+    from nightlab import views
+    from nightlab.types import Event
+
     if event == Event.PROPOSE:
         console.print(f"[dim]trial {rec.n}: asking the agent…[/]")
     elif event == Event.RUN:
@@ -216,7 +179,9 @@ def trial(config_path: ConfigOpt = None,
                             typer.Option(help="Training budget in seconds (config: run.budget_s).")] = None,
           ) -> None:
     """Run the current working tree once, like the seed's run.sh, and print its metrics."""
-    cfg = _load(config_path)
+    from nightlab import config, project
+
+    cfg = load_config(config_path)
     for key, value, flag in (("sandbox.backend", sandbox, "--sandbox"), ("run.budget_s", budget, "--budget")):
         if value is not None:
             config.override(cfg, key, value, flag)
@@ -248,45 +213,9 @@ def trial(config_path: ConfigOpt = None,
         raise typer.Exit(1)
 
 
-# -- status / log -------------------------------------------------------------------------------
-@app.command()
-def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
-    """Where a run stands: trials, kept, best, delta vs baseline, the last 10 trials."""
-    cfg = _load(config_path)
-    tag = _tag(cfg, tag)
-    if as_json:
-        ledger = _existing(cfg, tag)
-        data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
-                                 views.evidence(ledger))
-        slots = views.slots_of(ledger, always=True, queue=views.queued(project.state_dir(cfg, tag)))
-        print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
-        return
-    _show_status(cfg, tag)
-
-
-def _show_status(cfg: config.Config, tag: str) -> None:
-    ledger = _existing(cfg, tag)
-    trials = ledger.trials()
-    console.print(views.summary_table(views.status_json(cfg, tag, trials, ledger.get("noise"), f"nightlab/{tag}",
-                                                         views.evidence(ledger))))
-    console.print(views.trials_table(trials[-10:], cfg.metric.name, "last 10 trials"))
-    if slots := views.slots_of(ledger, queue=views.queued(project.state_dir(cfg, tag))):
-        console.print(views.slots_table(slots))
-    if rows := ledger.latest_verify():
-        from nightlab import verify
-
-        console.print(verify.table(rows, cfg.metric.name, "last verify (nightlab verify)"))
-
-
-@app.command("log")
-def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
-    """Every trial of a run, in order."""
-    cfg = _load(config_path)
-    trials = _existing(cfg, _tag(cfg, tag)).trials()
-    if as_json:
-        print(json.dumps(views.log_json(trials)))
-    else:
-        console.print(views.trials_table(trials, cfg.metric.name))
+# -- status / log (cli_views.py) -------------------------------------------------------------------
+app.command()(cli_views.status)
+app.command("log")(cli_views.log_cmd)
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -303,25 +232,25 @@ def verify_cmd(config_path: ConfigOpt = None, tag: TagOpt = None,
                    "--select", help="Re-rank the kept states on the selection split ([data] select); "
                                     "with --test, on test too.")] = False) -> None:
     """Re-run the best and the baseline on fresh seeds: effect, 95% CI, p-value; --ablate, --test, --final, --select."""
-    cfg = _load(config_path)
+    cfg = load_config(config_path)
     if select and not cfg.data.select:
         raise UsageError(f"{cfg.path}: --select needs [data] select (a split no trial and no agent sees)")
     if final and not test:
         raise UsageError("--final retrains on train+val for the test evaluation; use it with --test")
     if test and not cfg.data.test:
         raise UsageError(f"{cfg.path}: --test needs [data] test (the held-out paths)")
-    tag = _tag(cfg, tag)
+    tag = tag_of(cfg, tag)
     from nightlab import verify
 
     _verify(cfg, tag, verify.Options(seeds, ablate, test, final, select))
 
 
-def _verify(cfg: config.Config, tag: str, opts: VerifyOptions) -> None:
+def _verify(cfg: Config, tag: str, opts: VerifyOptions) -> None:
     """Run `nightlab verify` for a tag under its lock and print its tables."""
-    from nightlab import verify
+    from nightlab import project, verify
 
-    ledger = _existing(cfg, tag)
-    with _lock(project.state_dir(cfg, tag)):
+    ledger = existing(cfg, tag)
+    with tag_lock(project.state_dir(cfg, tag)):
         v = verify.Verifier(cfg, tag, ledger, opts, lambda what: console.print(f"[dim]verify {escape(what)}[/]"))
         try:
             v.run()
@@ -352,16 +281,17 @@ def study(arm: Annotated[list[str], typer.Option("--arm", help="NAME or 'NAME: s
                                                          min=1)] = None,
           seeds: Annotated[int, typer.Option(help="Fresh seeds to verify each session's best.", min=2)] = 3) -> None:
     """Compare search settings: R sessions per arm under one compute budget, each best verified on fresh seeds."""
+    from nightlab import project
     from nightlab import study as studies
     from nightlab.report import study as study_report
 
-    cfg = _load(config_path)
+    cfg = load_config(config_path)
     if cfg.run.prepare and not project.prepared(cfg):
         _prepare(cfg)
     arms = [studies.parse_arm(a) for a in arm]
     s = studies.Study(cfg, name, arms, sessions, compute, max_trials, seeds,
                       lambda line: console.print(f"[dim]{escape(line)}[/]"))
-    with _lock(s.dir):
+    with tag_lock(s.dir):
         outcomes = s.run()
     summaries = study_report.summarize([a.name for a in arms], outcomes)
     console.print(study_report.table(summaries, cfg.metric.name))
@@ -373,20 +303,8 @@ def study(arm: Annotated[list[str], typer.Option("--arm", help="NAME or 'NAME: s
     console.print(f"results: {s.dir / 'study.json'}, {s.dir / 'study.html'}", markup=False)
 
 
-# -- report -------------------------------------------------------------------------------------
-@app.command("report")
-def report_cmd(config_path: ConfigOpt = None, tag: TagOpt = None) -> None:
-    """Write .nightlab/<tag>/report.html (self-contained: open it in any browser) and progress.png."""
-    cfg = _load(config_path)
-    tag = _tag(cfg, tag)
-    _existing(cfg, tag).close()
-    from nightlab.report import write_report
-
-    path, note = write_report(cfg, tag)
-    if note:
-        log.warning("the report has no progress chart: %s", note)
-    chart = "" if note else f"\nchart:  {views.shown(path.parent / 'progress.png')}"
-    console.print(f"report: {views.shown(path)}{chart}", markup=False, soft_wrap=True)
+# -- report (cli_views.py) -----------------------------------------------------------------------
+app.command("report")(cli_views.report_cmd)
 
 
 # -- doctor -----------------------------------------------------------------------------------
@@ -397,7 +315,7 @@ def doctor(config_path: ConfigOpt = None) -> None:
     from nightlab.doctor import checks
 
     try:
-        cfg = _load(config_path)
+        cfg = load_config(config_path)
     except UsageError:
         if config_path is not None:
             raise
@@ -416,6 +334,8 @@ def doctor(config_path: ConfigOpt = None) -> None:
 def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to put the demo project.")] = None,
          trials: Annotated[int, typer.Option(help="Trials after the baseline.", min=1)] = 8) -> None:
     """Run a short session on the bundled quickstart example with the offline optuna agent."""
+    from nightlab import config, project
+
     dest = directory or Path(tempfile.mkdtemp(prefix="nightlab-demo-"))
     project.copy_example("quickstart", dest)
     console.print(f"[bold]nightlab demo[/] in {dest}: the quickstart example (digits MLP), optuna agent, "
@@ -425,7 +345,7 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
     reason = _session(cfg, "demo", trials, None)
     state = project.state_dir(cfg, "demo")
     console.print(f"stopped: {reason}")
-    if cfg.data.select and any(t.status == "keep" for t in _existing(cfg, "demo").trials()):
+    if cfg.data.select and any(t.status == "keep" for t in existing(cfg, "demo").trials()):
         from nightlab import verify
         from nightlab.report import write_report
 
@@ -441,9 +361,8 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="Where to 
                   f"  more:     cd {dest} && nightlab status && nightlab log")
 
 
-from nightlab.cli_review import register  # noqa: E402  (its commands use the helpers above)
-
-register(app)
+# -- accept / reject (cli_review.py) -------------------------------------------------------------------
+cli_review.register(app)
 
 
 def main() -> None:

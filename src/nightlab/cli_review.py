@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nightlab import project, review
-from nightlab.views import write_tsv
+from nightlab.cli_common import console, existing, load_config, tag_lock, tag_of
 
 TrialArg = Annotated[int, typer.Argument(help="The held trial's number.", min=1)]
 
@@ -30,14 +29,15 @@ def reject(n: TrialArg, config_path: Annotated[str | None, typer.Option("--confi
 def _decide(n: int, config_path: str | None, tag: str | None, accepted: bool) -> None:
     from pathlib import Path
 
-    from nightlab.cli import _existing, _load, _lock, _tag, console
+    from nightlab import project, review
+    from nightlab.views import write_tsv
 
-    cfg = _load(Path(config_path) if config_path else None)
-    tag = _tag(cfg, tag)
+    cfg = load_config(Path(config_path) if config_path else None)
+    tag = tag_of(cfg, tag)
     state = project.state_dir(cfg, tag)
-    ledger = _existing(cfg, tag)
+    ledger = existing(cfg, tag)
     try:
-        with _lock(state):  # not while `nightlab run` moves the branch and writes the ledger
+        with tag_lock(state):  # not while `nightlab run` moves the branch and writes the ledger
             rec = review.accept(cfg, tag, ledger, n) if accepted else review.reject(ledger, n)
             write_tsv(ledger.trials(), cfg.metric.name, state / "results.tsv")
     finally:

@@ -27,6 +27,7 @@ class AgentFailed(TrialFailed):
 
 class EditRejected(TrialFailed):
     status = Status.REJECTED
+    diff: str = ""  # the worktree's diff as the agent left it (set where it was refused)
 
 
 class RunCrashed(TrialFailed):

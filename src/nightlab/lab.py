@@ -18,6 +18,7 @@ from nightlab.executors import Job
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.runspec import run_spec
 from nightlab.types import Brief, Event, Proposal, Status
+from nightlab.views import Tsv
 from nightlab.workspace import Workspace
 
 PROPOSAL_FILES = ("brief.md", "agent.log", "diff.patch")  # in runs/<n>/ beside run 0's own files
@@ -34,6 +35,7 @@ class Lab:
     session: int = 0  # counts `nightlab run` invocations of the tag, so job ids stay unique across resumes
     agent_lock: threading.Lock | None = field(init=False)
     example_cache: dict[int, per_example.Examples | None] = field(default_factory=dict, init=False)
+    tsv: Tsv | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         # An agent that is not `concurrent` is asked by one trial at a time, whatever the slots.
@@ -42,6 +44,7 @@ class Lab:
     def ask(self, ws: Workspace, brief: Brief, rec: TrialRecord) -> Proposal:
         """The agent's proposal; the seconds it took (failed or not) are added to `rec`'s agent_seconds."""
         with self.agent_lock or nullcontext():
+            ws.lend()
             start = time.monotonic()
             try:
                 return self.agent.propose(ws.dir, brief)
@@ -65,6 +68,14 @@ class Lab:
             return metrics.log_tail(self.run_dir(last.n) / "run.log")
         return ""
 
+    def tabulate(self, rec: TrialRecord | None = None) -> None:
+        """results.tsv with `rec` as it was just recorded (None: all of it again from the ledger, as on a resume)."""
+        if rec is None or self.tsv is None:
+            self.tsv = Tsv(self.state_dir / "results.tsv", self.cfg.metric.name, self.ledger.trials())
+            self.tsv.write()
+        else:
+            self.tsv.update(rec)
+
     def best(self) -> TrialRecord:
         best = self.ledger.best()
         assert best is not None, "no baseline"
@@ -83,6 +94,7 @@ class Lab:
             budget_s: float | None = None) -> Job:
         """Run k of a trial's commit as `tree` holds it, with the editable files by value for remote workers."""
         here, run_dir = tree.dir, self.run_dir(rec.n, k)
+        tree.lend()  # a run may write in it (the process sandbox does not stop it)
         if attempt:  # what the lost attempt left (run 0 shares its directory with the proposal and later runs)
             clear(run_dir, keep=lambda name: k == 0 and (name in PROPOSAL_FILES or name.startswith("repeat-")))
         spec = run_spec(self.cfg, here, run_dir, seed=rec.seed + k, trial=rec.n, budget_s=budget_s)

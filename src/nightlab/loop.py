@@ -23,7 +23,6 @@ from nightlab.ledger import Ledger, TrialRecord
 from nightlab.scheduler import Proposed, Ran, Scheduler
 from nightlab.trial import Next, Trial
 from nightlab.types import Event, Status
-from nightlab.views import write_tsv
 from nightlab.workspace import Workspace
 
 
@@ -83,33 +82,35 @@ class Loop:
     def _propose(self) -> None:
         """A new trial from the best (or a near-miss: [search] policy), in a worktree of its own; the agent's turn
         may run in another thread."""
-        trials = self.lab.ledger.trials()
-        n = trials[-1].n + 1
-        rec = TrialRecord(n=n, parent=self._start(trials).commit_sha, seed=1000 * n,
+        last = self.lab.ledger.last()
+        assert last is not None, "the baseline is recorded first"
+        n = last.n + 1
+        rec = TrialRecord(n=n, parent=self._start().commit_sha, seed=1000 * n,
                           agent=describe(self.lab.agent, self.lab.cfg))
         trial = Trial(self.lab, rec, self.scheduler.worktree())
         self.scheduler.propose(trial, trial.brief())
 
-    def _start(self, trials: list[TrialRecord]) -> TrialRecord:
+    def _start(self) -> TrialRecord:
         """The state a new trial starts from: the best, or under the frontier policy a near-miss tied with it."""
         cfg = self.lab.cfg
-        if cfg.search.policy == "frontier":
+        if cfg.search.policy == "frontier":  # reads every trial: a policy that weighs them all
+            trials = self.lab.ledger.trials()
             return frontier.choose(trials, cfg.primary, self.lab.noise(), cfg.keep.sigmas) or self.lab.best()
         return self.lab.best()
 
     def _limit(self, limits: Limits, start: float) -> str | None:
-        cfg, trials = self.lab.cfg, self.lab.ledger.trials()
-        if limits.max_trials is not None and trials[-1].n >= limits.max_trials:
+        cfg, ledger = self.lab.cfg, self.lab.ledger
+        last = ledger.last()
+        if limits.max_trials is not None and last is not None and last.n >= limits.max_trials:
             return f"reached --max-trials {limits.max_trials}"
         if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
             return f"reached --hours {limits.hours:g}"
-        if limits.compute_s is not None and sum(t.seconds for t in trials) >= limits.compute_s:
+        if limits.compute_s is not None and ledger.run_seconds() >= limits.compute_s:
             return f"reached the compute budget of {limits.compute_s:g} s of runs"
-        if cfg.agent.max_cost_usd and sum(t.cost_usd for t in trials) >= cfg.agent.max_cost_usd:
+        if cfg.agent.max_cost_usd and ledger.cost_usd() >= cfg.agent.max_cost_usd:
             return f"reached max_cost_usd {cfg.agent.max_cost_usd:g}"
         if self.failures >= cfg.agent.max_failures:
-            last = next(t.reason for t in reversed(trials) if t.status == Status.REJECTED)
-            return f"the agent failed {self.failures} times in a row (last: {last})"
+            return f"the agent failed {self.failures} times in a row (last: {ledger.last_reason(Status.REJECTED)})"
         return None
 
     def recover(self) -> None:
@@ -136,5 +137,5 @@ class Loop:
         if best:
             lab.ws.reset(best.commit_sha)
         # A kill between a trial's ledger save and this view left the view behind (a stopped run rewrites it last)
-        write_tsv(lab.ledger.trials(), lab.cfg.metric.name, lab.state_dir / "results.tsv")
+        lab.tabulate()
         crashpoint.reached("recovered")

@@ -107,10 +107,10 @@ def accept(cfg: Config, tag: str, ledger: Ledger, n: int) -> TrialRecord:
                          f"over the best is unmeasured: reject it, and queue its change again if you trust it")
     ws = Workspace(cfg.root, tag, list(cfg.project.editable), cfg.project.scratchpad)
     ws.open(fresh=False, best=best.commit_sha)
-    ws.reset(rec.commit_sha)
     rec.status, rec.audit = Status.KEEP, audit.AuditVerdict.ACCEPTED
     rec.reason = "accepted after the audit"
-    rec.commit_sha = ws.amend(commit_message(rec, best, ledger.get("noise"), cfg.metric.name))
+    rec.commit_sha = ws.amend(rec.commit_sha, commit_message(rec, best, ledger.get("noise"), cfg.metric.name))
+    ws.reset(rec.commit_sha)  # the branch moves to it
     ws.mark(rec.n, rec.commit_sha)
     ledger.save(rec)
     return rec

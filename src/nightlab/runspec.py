@@ -4,6 +4,7 @@ what an isolating backend shows the run and limits it to."""
 from __future__ import annotations
 
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 from nightlab.config import Config
@@ -24,6 +25,7 @@ def run_spec(cfg: Config, cwd: Path, run_dir: Path, seed: int, trial: int, env: 
                    **(isolation if isolation is not None else spec_fields(cfg, cwd)))
 
 
+@lru_cache(maxsize=16)  # asked for every run; where a project's repository is does not change while nightlab runs
 def _repo_root(root: Path) -> Path:
     proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else root

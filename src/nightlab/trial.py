@@ -22,7 +22,7 @@ from nightlab.executors import Job
 from nightlab.lab import Lab
 from nightlab.ledger import TrialRecord
 from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
-from nightlab.views import commit_message, write_tsv
+from nightlab.views import commit_message
 from nightlab.workspace import Workspace
 
 MAX_REBASES = 2
@@ -57,7 +57,7 @@ class Trial:
     def brief(self) -> Brief:
         """Its worktree at the parent; the ledger and the notifier hear of the trial before the agent starts."""
         lab, rec = self.lab, self.rec
-        self.tree.reset(rec.parent)
+        self.tree.reset(rec.parent, unless_clean=True)  # where the last trial's record left it, most often
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
         brief = lab.brief(rec.n, self.tree, tail=True)
         brief.text += frontier.brief_note(lab.ledger.trials(), rec.parent, lab.cfg.primary)
@@ -75,8 +75,12 @@ class Trial:
         (out / "agent.log").write_text(proposal.transcript)
         rec.hypothesis = proposal.hypothesis
         rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
-        (out / "diff.patch").write_text(ws.diff())
-        rec.commit_sha = self._commit(proposal, "(no description)")
+        try:
+            rec.commit_sha, patch = self._commit(proposal, "(no description)")
+        except EditRejected as e:
+            (out / "diff.patch").write_text(getattr(e, "diff", ""))  # the refused attempt stays on record
+            raise
+        (out / "diff.patch").write_text(patch)
         crashpoint.reached("trial.committed")
 
     def proposed(self, error: BaseException | None) -> Next:
@@ -224,17 +228,18 @@ class Trial:
             return ws.rebase(rec.commit_sha, best.commit_sha)
         ws.reset(best.commit_sha)
         try:
-            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws), rec), told)  # against the new best
+            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws), rec), told)[0]  # against the new best
         except (AgentFailed, EditRejected):
             rec.description = told
             ws.reset(best.commit_sha)
             return None
 
-    def _commit(self, proposal: Proposal, untold: str) -> str:
-        """The agent's edits, checked, as the trial's commit; the description's first line names it."""
+    def _commit(self, proposal: Proposal, untold: str) -> tuple[str, str]:
+        """The agent's edits, checked, as the trial's commit (its name and patch); the description's first line
+        names it."""
         self.rec.description = (proposal.description.strip().splitlines() or [untold])[0][:400]
         files = self.tree.verify_edits()  # a rejected trial keeps its description
-        return self.tree.commit(f"trial {self.rec.n}: {self.rec.description}\n\nstatus: running", files)
+        return self.tree.commit(f"trial {self.rec.n}: {self.rec.description}\n\nstatus: running", list(files))
 
     # -- record -------------------------------------------------------------------------------------------
     def record(self) -> None:
@@ -243,7 +248,8 @@ class Trial:
         rec.finished = time.time()
         if rec.commit_sha:
             if rec.status != Status.BASELINE:  # the baseline's commit is the user's own
-                rec.commit_sha = self.tree.amend(commit_message(rec, lab.best(), lab.noise(), lab.cfg.metric.name))
+                rec.commit_sha = self.tree.amend(rec.commit_sha, commit_message(rec, lab.best(), lab.noise(),
+                                                                                lab.cfg.metric.name))
             lab.ws.mark(rec.n, rec.commit_sha)
         if rec.status in (Status.KEEP, Status.BASELINE):
             lab.ws.reset(rec.commit_sha)  # the branch moves to the new best
@@ -251,7 +257,7 @@ class Trial:
             lab.ws.reset(lab.best().commit_sha)
         lab.ledger.save(rec)
         crashpoint.reached("trial.recorded")
-        write_tsv(lab.ledger.trials(), lab.cfg.metric.name, lab.state_dir / "results.tsv")
+        lab.tabulate(rec)
         lab.agent.observe(rec.n, Status(rec.status), rec.metric)
         lab.notify(Event.DONE, rec)
 

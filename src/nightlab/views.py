@@ -209,18 +209,35 @@ TSV_EXTRAS = ["n", "delta", "phase", "seconds", "cost_usd", "runs", "reason", "h
 
 def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
     """Karpathy's five columns first (commit, metric, memory_gb, status, description), then extras."""
-    head = ["commit", metric_name, "memory_gb", "status", "description", *TSV_EXTRAS]
-    lines = ["\t".join(head)]
-    for t in trials:
-        mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
-        cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
-                 str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
-                 ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent,
-                 t.audit, summary(t.findings)]
-        lines.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    Tsv(path, metric_name, trials).write()
+
+
+class Tsv:
+    """results.tsv kept up to date trial by trial: each trial's line is made once, when it is recorded, so a
+    night's thousandth trial costs what its first did (no ledger read, only the file written out again)."""
+
+    def __init__(self, path: Path, metric_name: str, trials: list[TrialRecord]) -> None:
+        self.path = path
+        self.head = "\t".join(["commit", metric_name, "memory_gb", "status", "description", *TSV_EXTRAS])
+        self.lines = {t.n: _tsv_line(t) for t in trials}
+
+    def update(self, rec: TrialRecord) -> None:
+        self.lines[rec.n] = _tsv_line(rec)
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join([self.head, *(self.lines[n] for n in sorted(self.lines))]) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _tsv_line(t: TrialRecord) -> str:
+    mem = t.metrics.get("peak_memory_gb", t.metrics.get("memory_gb"))
+    cells = [t.commit_sha[:7], _num(t.metric), _num(mem), t.status, t.description,
+             str(t.n), _num(t.delta), t.phase, f"{t.seconds:.1f}", f"{t.cost_usd:.4f}",
+             ",".join(_num(r) for r in t.runs), t.reason, t.hardware or "", f"{t.agent_seconds:.1f}", t.agent,
+             t.audit, summary(t.findings)]
+    return "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
 
 
 def _num(v: float | None) -> str:

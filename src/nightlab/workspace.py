@@ -131,6 +131,11 @@ class Workspace:
         self.dir = self.tree / self.sub  # the project directory inside the worktree
         self.branch = f"nightlab/{self.tag}"
         self._env = identity_env(self.repo)
+        # What this object last made the worktree, so a trial does not pay a git process to learn it again:
+        # `_head` is HEAD after nightlab's last commit or reset; `_clean` the commit the worktree was last reset
+        # to, until it is lent (to the agent, a run) or changed. A new process knows neither: it asks git.
+        self._head: str | None = None
+        self._clean: str | None = None
 
     def _git(self, *args: str, check: bool = True) -> str:
         return git(*args, cwd=self.dir, check=check, env=self._env)
@@ -229,36 +234,58 @@ class Workspace:
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
+            self._clean = None
         self.linked = [p for p in paths if not Path(p).is_absolute()]
 
     # -- per trial ----------------------------------------------------------------------------
     def head(self) -> str:
-        return self._git("rev-parse", "HEAD")
+        if self._head is None:
+            self._head = self._git("rev-parse", "HEAD")
+        return self._head
 
-    def reset(self, commit: str) -> None:
-        """Put the worktree exactly at `commit` (the branch follows), dropping stray files."""
+    def lend(self) -> None:
+        """The worktree goes to someone nightlab does not watch (the agent, a run): what it holds is unknown."""
+        self._clean = None
+
+    def reset(self, commit: str, unless_clean: bool = False) -> None:
+        """Put the worktree exactly at `commit` (the branch follows), dropping stray files. `unless_clean`: nothing
+        to do when this object reset it there last and nobody had it since (only for callers that know every
+        change to the worktree goes through this object or is announced by `lend()`, as a trial's do)."""
+        if unless_clean and commit == self._clean:
+            return
+        self._clean = self._head = None
         self._git("reset", "--hard", "--quiet", commit)
         excludes = [a for p in getattr(self, "linked", []) for a in ("-e", p)]
         self._git("clean", "-fdq", *excludes, "--", ".")
+        self._clean = commit
+        self._head = commit if len(commit) == 40 else None  # a full object name; anything else git resolves
 
-    def changed_files(self) -> list[str]:
-        """Files that differ from HEAD anywhere in the worktree, tracked or new, relative to the project."""
-        tracked = git("diff", "--name-only", "HEAD", cwd=self.tree).splitlines()
-        new = git("ls-files", "--others", "--exclude-standard", cwd=self.tree).splitlines()
-        files = {os.path.relpath(f, self.sub) for f in tracked + new}
+    def changed_files(self) -> dict[str, bool]:
+        """Files that differ from HEAD anywhere in the worktree, relative to the project → whether git tracks them
+        (one `git status`: changed, deleted and new files; ignored ones are not edits)."""
+        out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=self.tree)
+        files = {}
+        for entry in filter(None, out.split("\0")):
+            files[os.path.relpath(entry[3:], self.sub)] = not entry.startswith("??")
         linked = [Path(p) for p in getattr(self, "linked", [])]  # data nightlab put there, not an edit
-        return sorted(f for f in files if not any(Path(f) == p or p in Path(f).parents for p in linked))
+        return {f: files[f] for f in sorted(files) if not any(Path(f) == p or p in Path(f).parents for p in linked)}
 
-    def verify_edits(self) -> list[str]:
-        """Accept only edits to editable files and the scratchpad; restore anything else."""
+    def verify_edits(self) -> dict[str, bool]:
+        """Accept only edits to editable files and the scratchpad (→ whether git tracks each); restore anything
+        else. A refusal carries the worktree's diff as it was (`EditRejected.diff`): the attempt stays on record."""
+        self._clean = None
         allowed = set(self.editable) | {self.scratchpad}
         files = self.changed_files()
         bad = [f for f in files if f not in allowed]
         if bad:
+            rejected = EditRejected(f"changed {', '.join(bad)} (only {', '.join(sorted(allowed))} may change)")
+            rejected.diff = self.diff()
             self._restore(bad)
-            raise EditRejected(f"changed {', '.join(bad)} (only {', '.join(sorted(allowed))} may change)")
+            raise rejected
         if not [f for f in files if f in self.editable]:
-            raise EditRejected("no change to " + ", ".join(self.editable))
+            rejected = EditRejected("no change to " + ", ".join(self.editable))
+            rejected.diff = self.diff()
+            raise rejected
         return files
 
     def _restore(self, files: list[str]) -> None:
@@ -272,19 +299,26 @@ class Workspace:
     def diff(self) -> str:
         return self._git("diff", "HEAD", "--", ".")
 
-    def commit(self, message: str, files: list[str]) -> str:
+    def commit(self, message: str, files: list[str]) -> tuple[str, str]:
+        """Commit `files` as they are in the worktree; the new commit's name and its patch (under the project)."""
+        self._clean = self._head = None
         self._git("add", "--", *files)
         self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--no-verify", "-m", message)
-        return self.head()
+        sha, _, patch = self._git("show", "--format=%H", "HEAD", "--", ".").partition("\n")
+        self._head = sha
+        return sha, patch.lstrip("\n")
 
-    def amend(self, message: str) -> str:
-        self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--amend", "--no-verify",
-                  "--allow-empty", "-m", message)
-        return self.head()
+    def amend(self, commit: str, message: str) -> str:
+        """A commit like `commit` (its tree and parent) with `message`: `git commit --amend` without moving HEAD,
+        in one git process (plumbing); the caller resets the worktree where it belongs next."""
+        # a trial's commit has one parent: the commit it was made on
+        return self._git("-c", "commit.gpgsign=false", "commit-tree", f"{commit}^{{tree}}", "-p", f"{commit}^",
+                         "-m", message)
 
     def rebase(self, commit: str, onto: str) -> str | None:
         """`commit`'s change re-applied on `onto` (same message); None when it conflicts or leaves no change."""
         self.reset(onto)
+        self._clean = None  # the cherry-pick changes it
         # Notes never conflict: both sides' lines are kept (git's built-in union merge, for the scratchpad only).
         attributes = self.root / ".nightlab" / self.tag / "rebase.gitattributes"
         attributes.write_text(f"/{(self.sub / self.scratchpad).as_posix()} merge=union\n")
@@ -298,7 +332,7 @@ class Workspace:
         if not any(f in self.editable for f in files):  # the new best already holds this change
             self.reset(onto)
             return None
-        return self.commit(self._git("log", "-1", "--format=%B", commit), files)
+        return self.commit(self._git("log", "-1", "--format=%B", commit), files)[0]
 
     def mark(self, n: int, commit: str) -> None:
         """Keep trial n reachable whatever happens to the branch."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nightlab import crashpoint, project
 from nightlab.config import Config
@@ -19,6 +20,9 @@ from nightlab.ledger import TrialRecord
 from nightlab.report import data as report_data
 from nightlab.report import html
 from nightlab.types import Event
+
+if TYPE_CHECKING:
+    from nightlab.report.worker import ReportProcess
 
 log = logging.getLogger("nightlab.report")
 Notify = Callable[[Event, TrialRecord], None]
@@ -63,9 +67,10 @@ def write_report(cfg: Config, tag: str) -> tuple[Path, str]:
 
 
 class Regenerator:
-    """A `notify` wrapper: after each finished trial, the report (and MLflow, when enabled) is updated on a
-    background thread, so the loop never waits for matplotlib. Report requests that pile up collapse into
-    one; `close()` writes the last one (and logs every trial to MLflow) before the run returns."""
+    """A `notify` wrapper: after each finished trial, the report (drawn in a process of its own, worker.py) and
+    MLflow, when enabled, are updated from a background thread, so the loop never waits for matplotlib. Report
+    requests that pile up collapse into one; `close()` writes the last one (and logs every trial to MLflow) before
+    the run returns."""
 
     def __init__(self, cfg: Config, tag: str, notify: Notify) -> None:
         self.cfg, self.tag, self.inner = cfg, tag, notify
@@ -76,6 +81,11 @@ class Regenerator:
         self.closing = False
         self.next_write = 0.0
         self.thread = threading.Thread(target=self._work, name="nightlab-report", daemon=True)
+        self.drawer: ReportProcess | None = None
+        if cfg.report.html:
+            from nightlab.report.worker import ReportProcess
+
+            self.drawer = ReportProcess(cfg, tag)
         self.mlflow = None
         if cfg.report.mlflow:
             from nightlab.report.mlflow import MlflowLogger
@@ -97,6 +107,8 @@ class Regenerator:
             self.closing = True
             self.cond.notify()
         self.thread.join()
+        if self.drawer is not None:
+            self.drawer.close()
 
     def _due(self) -> float:
         """Seconds until the report may be rewritten (0: now)."""
@@ -120,7 +132,7 @@ class Regenerator:
                 self.next_write = time.monotonic() + REFRESH_S
 
     def _write(self) -> None:
-        _, note = write_report(self.cfg, self.tag)
+        note = self.drawer.write() if self.drawer is not None else write_report(self.cfg, self.tag)[1]
         crashpoint.reached("report.written")
         if note:
             self._warn("chart", f"the report has no progress chart: {note}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A harness killed with -9 must not leave a training run behind holding the GPU.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -41,13 +42,12 @@ class ProcessSandbox:
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv(spec.command), cwd=spec.cwd,
                                     env=run_env(spec), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
             timed_out = False
             try:
-                proc.wait(timeout=spec.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                self._stop(proc, spec.grace_s)
+                timed_out = not _wait(proc, time.monotonic() + spec.timeout_s)
+                if timed_out:
+                    self._stop(proc, spec.grace_s)
             finally:
                 if proc.poll() is None:  # interrupted (Ctrl-C): take the run down with us
                     self._stop(proc, 0)
@@ -66,6 +66,22 @@ class ProcessSandbox:
             pass
         _killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> bool:
+    """Whether `proc` exited before `deadline`. A pidfd wakes us the moment it does (Popen.wait with a timeout polls
+    with sleeps of up to 50 ms, each added to the run's time); the short polls let Ctrl-C and a cancel in."""
+    exited = select.poll()
+    pidfd = os.pidfd_open(proc.pid)
+    exited.register(pidfd, select.POLLIN)
+    try:
+        while proc.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            exited.poll(max(1, min(250, int((deadline - time.monotonic()) * 1000))))
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def _exit_reason(code: int | None) -> str:

@@ -1,0 +1,72 @@
+"""What every command of the CLI shares: the consoles, the common options, loading the config, the tag's ledger
+and its lock. Imports stay light here: `nightlab status` must answer fast, so heavy modules are imported where used."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from nightlab.errors import UsageError
+
+if TYPE_CHECKING:
+    from nightlab.config import Config
+    from nightlab.ledger import Ledger
+
+console = Console(highlight=False, soft_wrap=True)
+# emoji codes off: an error naming a plug-in path like `mod:X` shows it as written, not with an emoji for `:X:`
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+# Piped or logged, a line stays whole whatever its length (greppable); on a terminal, rich wraps and crops
+# at its width, so nothing runs past the right edge.
+console.soft_wrap, err.soft_wrap = not console.is_terminal, not err.is_terminal
+log = logging.getLogger("nightlab")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Path to nightlab.toml (default: search upward).")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Run tag (default: the most recent one, or 'run').")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def load_config(path: Path | None) -> Config:
+    from nightlab import config
+
+    return config.load(path)
+
+
+def tag_of(cfg: Config, tag: str | None) -> str:
+    from nightlab import project
+
+    return project.check_tag(tag) if tag else project.latest_tag(cfg)
+
+
+def existing(cfg: Config, tag: str) -> Ledger:
+    from nightlab import project
+    from nightlab.ledger import Ledger
+
+    path = project.state_dir(cfg, tag) / "ledger.sqlite"
+    if not path.exists():
+        raise UsageError(f"no run with tag {tag!r} in {cfg.root} (start one with `nightlab run --tag {tag}`)")
+    return Ledger(path)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a shutdown, a scheduler) stops as cleanly as Ctrl-C
+
+
+@contextmanager
+def tag_lock(state: Path) -> Iterator[None]:
+    """One `nightlab run` per tag; the OS drops the lock when the process dies, even by kill -9."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another `nightlab run` is using tag {state.name!r}") from None
+        yield
