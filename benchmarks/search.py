@@ -27,10 +27,10 @@ from pathlib import Path
 from synthetic import BASE  # benchmarks/ is on the path when this script runs
 
 ARMS = {
-    "global-tpe": "agent.knobs=0, agent.startup_trials=10",  # the optuna agent as it was
-    "local": "",  # small moves (the new default)
-    "local+screen": "search.screen_budget_s={screen}",
-    "local+frontier": 'search.policy="frontier"',
+    "global-tpe": "agent.knobs=0, agent.startup_trials=10",  # the optuna agent's default
+    "local": "agent.knobs=3, agent.startup_trials=5",  # small moves (what the quickstart sets)
+    "local+screen": "agent.knobs=3, agent.startup_trials=5, search.screen_budget_s={screen}",
+    "local+frontier": 'agent.knobs=3, agent.startup_trials=5, search.policy="frontier"',
 }
 
 SYNTHETIC = '''"""A synthetic landscape with interacting knobs (benchmarks/search.py)."""

@@ -29,7 +29,7 @@ def test_an_arms_config_is_checked_and_seeded_per_session() -> None:
     cfg = Config()
     cfg.agent.seed = 10
     out = arm_config(cfg, parse_arm("a: agent.knobs=1"), 3)
-    assert (out.agent.knobs, out.agent.seed, cfg.agent.knobs, cfg.agent.seed) == (1, 13, 3, 10)
+    assert (out.agent.knobs, out.agent.seed, cfg.agent.knobs, cfg.agent.seed) == (1, 13, 0, 10)
     with pytest.raises(UsageError, match="unknown config key agent.nope"):
         arm_config(cfg, parse_arm("a: agent.nope=1"), 0)
     with pytest.raises(UsageError, match="screen_budget_s"):
