@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from nightlab import __version__, cli_review, cli_views
+from nightlab import __version__, cli_review, cli_study, cli_views
 from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_lock, tag_of
 from nightlab.errors import NightlabError, UsageError
 
@@ -268,39 +267,8 @@ def _verify(cfg: Config, tag: str, opts: VerifyOptions) -> None:
         console.print(verify.rerank_summary(rows, v.best.n, tag))
 
 
-# -- study --------------------------------------------------------------------------------------
-@app.command()
-def study(arm: Annotated[list[str], typer.Option("--arm", help="NAME or 'NAME: section.key=value, ...' (repeat; "
-                                                  "the first arm is the one the others are compared with).")],
-          compute: Annotated[float, typer.Option(help="Seconds of runs per session, the baseline's included.",
-                                                 min=1)],
-          config_path: ConfigOpt = None,
-          name: Annotated[str, typer.Option(help="The study's name (rerun with it to resume).")] = "study",
-          sessions: Annotated[int, typer.Option(help="Sessions per arm (agent seeds + 0..R-1).", min=1)] = 5,
-          max_trials: Annotated[int | None, typer.Option(help="Also stop a session after this many trials.",
-                                                         min=1)] = None,
-          seeds: Annotated[int, typer.Option(help="Fresh seeds to verify each session's best.", min=2)] = 3) -> None:
-    """Compare search settings: R sessions per arm under one compute budget, each best verified on fresh seeds."""
-    from nightlab import project
-    from nightlab import study as studies
-    from nightlab.report import study as study_report
-
-    cfg = load_config(config_path)
-    if cfg.run.prepare and not project.prepared(cfg):
-        _prepare(cfg)
-    arms = [studies.parse_arm(a) for a in arm]
-    s = studies.Study(cfg, name, arms, sessions, compute, max_trials, seeds,
-                      lambda line: console.print(f"[dim]{escape(line)}[/]"))
-    with tag_lock(s.dir):
-        outcomes = s.run()
-    summaries = study_report.summarize([a.name for a in arms], outcomes)
-    console.print(study_report.table(summaries, cfg.metric.name))
-    console.print(study_report.verdict(summaries), markup=False)
-    command = "nightlab study " + " ".join(f"--arm {shlex.quote(a)}" for a in arm) + \
-        f" --compute {compute:g} --sessions {sessions} --seeds {seeds} --name {name}" + \
-        (f" --max-trials {max_trials}" if max_trials else "")
-    (s.dir / "study.html").write_text(study_report.write_html(name, cfg.metric.name, summaries, outcomes, command))
-    console.print(f"results: {s.dir / 'study.json'}, {s.dir / 'study.html'}", markup=False)
+# -- study (cli_study.py) -----------------------------------------------------------------------
+app.command()(cli_study.study)
 
 
 # -- report (cli_views.py) -----------------------------------------------------------------------

@@ -4,12 +4,14 @@ An arm is a set of config overrides (policy, screening, agent, keep settings). E
 (tags `study-<name>-<arm>-<r>`), session r with agent seed `agent.seed + r` (the same seeds in every arm: common
 random numbers), each stopped by the same compute budget: seconds of runs, the baseline's included, so an arm that
 screens or re-runs pays for it. Each session's final best is then re-measured against the baseline on fresh seeds
-(`nightlab verify`); an arm that kept nothing has a verified gain of exactly 0. Per arm: the mean verified gain and
-the verified gain per compute-hour, each with a t-interval over the R sessions (report/study.py).
+(`nightlab verify`), and also on the selection split when the project has one (`[data] select`); an arm that kept
+nothing has a verified gain of exactly 0. Per arm: the mean verified gain and the verified gain per compute-hour,
+each with a t-interval over the R sessions (report/study.py).
 
 Resumable: study.json (in .nightlab/study-<name>/) holds the settings and every finished session; a rerun skips
-those, resumes the session that was interrupted (its tag resumes like `nightlab run`) and refuses other settings.
-Sessions run one after another (r-major, so a study stopped early stays balanced across arms).
+those, resumes the sessions that were interrupted (a tag resumes like `nightlab run`) and refuses other settings.
+Sessions start r-major (so a study stopped early stays balanced across arms), one after another or up to
+`--parallel` at once (study_pool.py); each holds its tag's lock, as `nightlab run` does.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Outcome:
     stopped: str
     note: str = ""
     curve: list[list[float]] = field(default_factory=list)  # [compute_s so far, in-loop gain of the best so far]
+    select_gain: float | None = None  # verified on the selection split; None without one (or when its runs failed)
 
     @property
     def per_hour(self) -> float:
@@ -112,9 +115,13 @@ def curve(trials: list[TrialRecord], goal: str) -> list[list[float]]:
     return out
 
 
+def silent(line: str) -> None:
+    """The default `say` (a function of its module, so a Study can go to a session's process)."""
+
+
 class Study:
     def __init__(self, cfg: Config, name: str, arms: list[Arm], sessions: int, compute_s: float,
-                 max_trials: int | None, seeds: int, say: Callable[[str], None] = lambda line: None) -> None:
+                 max_trials: int | None, seeds: int, say: Callable[[str], None] = silent) -> None:
         if len({a.name for a in arms}) != len(arms) or not arms:
             raise UsageError("--arm: give each arm once, with a name of its own")
         self.cfg, self.name, self.arms, self.say = cfg, name, arms, say
@@ -131,16 +138,26 @@ class Study:
                                  f"it, or pass another --name")
             self.done = {(o["arm"], o["r"]): Outcome(**o) for o in stored["outcomes"]}
 
-    def run(self) -> list[Outcome]:
+    def run(self, parallel: int = 1) -> list[Outcome]:
         for arm in self.arms:
             for r in range(self.sessions):
                 arm_config(self.cfg, arm, r)  # every arm's settings are checked before anything runs
-        for r in range(self.sessions):
-            for arm in self.arms:
-                if (arm.name, r) not in self.done:
-                    self.done[(arm.name, r)] = self.session(arm, r)
-                    self.save()
+        todo = [(arm, r) for r in range(self.sessions) for arm in self.arms if (arm.name, r) not in self.done]
+        if parallel > 1 and len(todo) > 1:
+            from nightlab.study_pool import run_parallel
+
+            run_parallel(self, todo, min(parallel, len(todo)))
+        else:
+            for arm, r in todo:
+                self.record((arm.name, r), self.session(arm, r))
         return self.outcomes()
+
+    def record(self, key: tuple[str, int], outcome: Outcome) -> None:
+        self.done[key] = outcome
+        self.save()
+
+    def tag(self, arm: Arm, r: int) -> str:
+        return f"study-{self.name}-{arm.name}-{r}"
 
     def outcomes(self) -> list[Outcome]:
         return [self.done[k] for k in sorted(self.done, key=lambda k: (k[1], [a.name for a in self.arms].index(k[0])))
@@ -153,11 +170,19 @@ class Study:
                                    "outcomes": [asdict(o) for o in self.outcomes()]}, indent=1))
         tmp.replace(self.path)
 
-    def session(self, arm: Arm, r: int) -> Outcome:
-        from nightlab.session import run_session
+    def session(self, arm: Arm, r: int, gpus: str | None = None) -> Outcome:
+        """Session r of `arm` under its tag's lock; `gpus`: the `[sandbox] gpus` of its lane when run in parallel."""
+        from nightlab.cli_common import tag_lock
 
-        cfg, tag = arm_config(self.cfg, arm, r), f"study-{self.name}-{arm.name}-{r}"
+        cfg, tag = arm_config(self.cfg, arm, r), self.tag(arm, r)
+        if gpus is not None:
+            cfg.sandbox.gpus = gpus
         self.say(f"{arm.name} session {r + 1}/{self.sessions} (tag {tag})")
+        with tag_lock(project.state_dir(cfg, tag)):
+            return self._session(cfg, arm, r, tag)
+
+    def _session(self, cfg: Config, arm: Arm, r: int, tag: str) -> Outcome:
+        from nightlab.session import run_session
 
         def notify(event: Event, rec: TrialRecord) -> None:
             if event == Event.DONE:
@@ -167,26 +192,37 @@ class Study:
         ledger = Ledger(project.state_dir(cfg, tag) / "ledger.sqlite")
         try:
             trials = ledger.trials()
-            gain, note = self._verified(cfg, tag, ledger, trials)
+            gain, select_gain, note = self._verified(cfg, tag, ledger, trials)
         finally:
             ledger.close()
-        self.say(f"  verified gain {gain:+.5g}{f' ({note})' if note else ''}")
+        on_select = f", on the selection split {select_gain:+.5g}" if select_gain is not None else ""
+        self.say(f"  verified gain {gain:+.5g}{on_select}{f' ({note})' if note else ''}")
         return Outcome(arm.name, r, tag, gain, sum(t.seconds for t in trials), len(trials) - 1,
-                       sum(t.status == Status.KEEP for t in trials), stopped, note, curve(trials, cfg.metric.goal))
+                       sum(t.status == Status.KEEP for t in trials), stopped, note, curve(trials, cfg.metric.goal),
+                       select_gain)
 
-    def _verified(self, cfg: Config, tag: str, ledger: Ledger, trials: list[TrialRecord]) -> tuple[float, str]:
-        """The final best against the baseline on fresh seeds (a verify from before an interruption counts)."""
+    def _verified(self, cfg: Config, tag: str, ledger: Ledger,
+                  trials: list[TrialRecord]) -> tuple[float, float | None, str]:
+        """The final best against the baseline on fresh seeds, on validation and on the selection split when there
+        is one (a verify from before an interruption counts)."""
         from nightlab import verify
 
+        select = bool(cfg.data.select)
         if not any(t.status == Status.KEEP for t in trials):
-            return 0.0, "nothing kept"
-        rows = [row for row in ledger.latest_verify() or [] if row["kind"] == "val"]
-        if not rows:
-            verify.Verifier(cfg, tag, ledger, verify.Options(seeds=self.seeds), lambda what: None).run()
-            rows = [row for row in ledger.latest_verify() or [] if row["kind"] == "val"]
-        if not rows or rows[0]["effect"] is None:
-            return 0.0, f"verify failed: {rows[0]['note'] if rows else 'no result'}"
-        return float(rows[0]["effect"]), ""
+            return 0.0, 0.0 if select else None, "nothing kept"
+        rows = {row["kind"]: row for row in ledger.latest_verify() or []}
+        if "val" not in rows or (select and "select-pair" not in rows):
+            verify.Verifier(cfg, tag, ledger, verify.Options(seeds=self.seeds, select_pair=select),
+                            lambda what: None).run()
+            rows = {row["kind"]: row for row in ledger.latest_verify() or []}
+        val, other = rows.get("val"), rows.get("select-pair")
+        if val is None or val["effect"] is None:
+            return 0.0, None, f"verify failed: {val['note'] if val else 'no result'}"
+        if not select:
+            return float(val["effect"]), None, ""
+        if other is None or other["effect"] is None:
+            return float(val["effect"]), None, f"selection split failed: {other['note'] if other else 'no result'}"
+        return float(val["effect"]), float(other["effect"]), ""
 
 
 def load_outcomes(path: Path) -> list[Outcome]:

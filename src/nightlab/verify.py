@@ -46,13 +46,14 @@ class Options:
     test: bool = False
     final: bool = False
     select: bool = False
+    select_pair: bool = False  # only best vs baseline on the selection split (what `nightlab study` reports)
 
 
 @dataclass
 class Row:
     """One comparison: `runs` against `reference_runs` (effect > 0: `runs` are better)."""
 
-    kind: str  # "val", "val-paired", "ablate", "test", "select" or "select-test"
+    kind: str  # "val", "val-paired", "ablate", "test", "select", "select-test" or "select-pair"
     label: str
     trial: int
     commit_sha: str
@@ -114,6 +115,8 @@ class Verifier:
             rows += [self._ablate(t, best_runs) for t in self.kept]
         if self.opts.test:
             rows.append(self._test())
+        if self.opts.select_pair:
+            rows.append(self._on_split("select", "select-pair"))
         if self.opts.select:
             rows += self._rerank()
         self._store(rows)
@@ -213,10 +216,14 @@ class Verifier:
 
     def _test(self) -> Row:
         """Baseline and best on the test split."""
-        with self._split("test", self.opts.final) as (cfg, env, data):
-            base, best, note = self._pair("test", cfg, env, data=data)
-        label = f"{cfg.metric.name}: best vs baseline" + (" (retrained on train+val)" if self.opts.final else "")
-        return self._row("test", label, self.best, base, best, note)
+        return self._on_split("test", "test", self.opts.final)
+
+    def _on_split(self, split: str, kind: str, final: bool = False) -> Row:
+        """Baseline and best on `split`, on the verify seeds."""
+        with self._split(split, final) as (cfg, env, data):
+            base, best, note = self._pair(kind, cfg, env, data=data)
+        label = f"{cfg.metric.name}: best vs baseline" + (" (retrained on train+val)" if final else "")
+        return self._row(kind, label, self.best, base, best, note)
 
     # -- re-ranking on the selection split --------------------------------------------------------------
     def states(self) -> list[tuple[TrialRecord, str]]:

@@ -1,6 +1,7 @@
-"""A study's results: per arm the verified gains and the verified gain per compute-hour with t-intervals over its
-sessions, the answer to "is an arm better than the first one (the default)?", and study.html with the
-gain-versus-compute curves (inline SVG: no extra needed)."""
+"""A study's results: per arm the verified gains (on validation, and on the selection split when the project has
+one) and the verified gain per compute-hour with t-intervals over its sessions, the answer to "is an arm better
+than the first one (the default)?", and study.html with the gain-versus-compute curves (inline SVG: no extra
+needed)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class ArmSummary:
     compute_h: float  # mean per session
     kept: float  # mean per session
     gains: list[float]
+    select_gain: Interval | None = None  # on the selection split, over the sessions measured there
 
 
 def interval(values: list[float], level: float = LEVEL) -> Interval:
@@ -54,11 +56,17 @@ def summarize(arms: list[str], outcomes: list[Outcome]) -> list[ArmSummary]:
     for arm in arms:
         mine = [o for o in outcomes if o.arm == arm]
         if mine:
+            select = [o.select_gain for o in mine if o.select_gain is not None]
             out.append(ArmSummary(arm, len(mine), interval([o.gain for o in mine]),
                                   interval([o.per_hour for o in mine]),
                                   statistics.fmean(o.compute_s for o in mine) / 3600,
-                                  statistics.fmean(o.kept for o in mine), [o.gain for o in mine]))
+                                  statistics.fmean(o.kept for o in mine), [o.gain for o in mine],
+                                  interval(select) if select else None))
     return out
+
+
+def _select(s: ArmSummary) -> str:
+    return s.select_gain.text() if s.select_gain else "—"
 
 
 def verdict(summaries: list[ArmSummary]) -> str:
@@ -81,17 +89,20 @@ def verdict(summaries: list[ArmSummary]) -> str:
 
 def table(summaries: list[ArmSummary], metric: str) -> Table:
     t = Table(title=f"study: verified gain in {metric} (positive = better), {int(LEVEL * 100)}% t-intervals")
-    for col in ("arm", "sessions", "verified gain", "gain per compute-hour", "compute h/session", "kept/session",
-                "gains"):
+    select = any(s.select_gain for s in summaries)
+    for col in ("arm", "sessions", "verified gain", *(["on the selection split"] if select else []),
+                "gain per compute-hour", "compute h/session", "kept/session", "gains"):
         t.add_column(col, justify="left" if col in ("arm", "gains") else "right")
     for s in summaries:
-        t.add_row(s.arm, str(s.sessions), s.gain.text(), s.per_hour.text(), f"{s.compute_h:.3f}", f"{s.kept:.1f}",
-                  " ".join(f"{g:+.3g}" for g in s.gains))
+        t.add_row(s.arm, str(s.sessions), s.gain.text(), *([_select(s)] if select else []), s.per_hour.text(),
+                  f"{s.compute_h:.3f}", f"{s.kept:.1f}", " ".join(f"{g:+.3g}" for g in s.gains))
     return t
 
 
 def write_html(name: str, metric: str, summaries: list[ArmSummary], outcomes: list[Outcome], command: str) -> str:
+    select = any(s.select_gain for s in summaries)
     rows = "".join(f"<tr><td>{html.escape(s.arm)}</td><td>{s.sessions}</td><td>{s.gain.text()}</td>"
+                   + (f"<td>{_select(s)}</td>" if select else "") +
                    f"<td>{s.per_hour.text()}</td><td>{s.compute_h:.3f}</td><td>{s.kept:.1f}</td></tr>"
                    for s in summaries)
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>nightlab study · "
@@ -99,7 +110,8 @@ def write_html(name: str, metric: str, summaries: list[ArmSummary], outcomes: li
             f"td,th{{padding:.2em .6em;text-align:right}}td:first-child{{text-align:left}}</style></head><body>"
             f"<h1>nightlab study · {html.escape(name)}</h1><p><code>{html.escape(command)}</code></p>"
             f"<h2>Verified gain in {html.escape(metric)}</h2><table id=\"arms\"><tr><th>arm</th><th>sessions</th>"
-            f"<th>verified gain</th><th>per compute-hour</th><th>compute h/session</th><th>kept/session</th></tr>"
+            f"<th>verified gain</th>{'<th>on the selection split</th>' if select else ''}<th>per compute-hour</th>"
+            f"<th>compute h/session</th><th>kept/session</th></tr>"
             f"{rows}</table><p id=\"verdict\">{html.escape(verdict(summaries))}</p>"
             f"<h2>Gain versus compute</h2><p>In-loop estimate of the best's gain over the baseline (not verified), "
             f"mean over each arm's sessions.</p>{curves_svg(summaries, outcomes)}</body></html>\n")
