@@ -21,6 +21,7 @@ from nightlab.config import Config
 from nightlab.errors import NightlabError, UsageError
 from nightlab.executors import gpu_ids
 from nightlab.study import Arm, Outcome, Study, arm_config
+from nightlab.workspace import ignore_state_dir
 
 STOP_WAIT_S = 120.0  # how long a stopped session may take to wind down before it is killed
 
@@ -43,6 +44,7 @@ def gpu_lanes(cfg: Config, configs: list[Config], parallel: int) -> list[str | N
 def run_parallel(study: Study, todo: list[tuple[Arm, int]], parallel: int) -> None:
     """Run `todo`'s sessions, at most `parallel` at once, in order; record each outcome as it arrives."""
     lanes = gpu_lanes(study.cfg, [arm_config(study.cfg, arm, r) for arm, r in todo], parallel)
+    ignore_state_dir(study.cfg.root)  # before the sessions: none of them then rewrites info/exclude beside another
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads, locks and a ledger
     todo, free = list(todo), list(range(parallel))
     running: dict[Connection, tuple[BaseProcess, Arm, int, int]] = {}

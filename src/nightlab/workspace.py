@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +107,17 @@ def require_committed(repo: Path, root: Path, sub: Path, editable: list[str]) ->
             raise UsageError(f"editable file {f} is not committed in the repository")
 
 
+@contextmanager
+def worktree_admin(repo: Path) -> Iterator[None]:
+    """One process at a time adds, prunes and mends the repository's worktrees (sessions side by side, `nightlab
+    study --parallel`): git names a new worktree's admin directory after its folder (`worktree` for every tag),
+    so two `worktree add`s race for it, and a prune or a mend could take another's half-made worktree for one a
+    kill left. Not reentrant; the OS drops it when the process dies."""
+    with open(repair.common_dir(repo) / "nightlab-worktrees.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def _endpoint_only(repo: Path, path: str) -> bool:
     """Whether the config at `path` differs from its committed self only in the agent's endpoint or model."""
     if not (repo / path).is_file():
@@ -146,7 +160,8 @@ class Workspace:
         `best`, the ledger's best commit, which its trial ref keeps reachable). What a killed nightlab left
         (stale locks, half-made worktrees, a half-made start of this tag) is mended first."""
         ignore_state_dir(self.root)
-        repair.mend(self.repo)
+        with worktree_admin(self.repo):
+            repair.mend(self.repo)
         exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
         if fresh:
             if exists and self.creating.exists():  # a first start killed before its ledger existed
@@ -171,7 +186,8 @@ class Workspace:
                 raise UsageError(f"branch {self.branch} is missing and the ledger's best commit is gone; "
                                  f"cannot resume tag {self.tag!r}")
             log.warning("branch %s was missing: made again at the best trial's commit %s", self.branch, best[:7])
-            git("worktree", "prune", cwd=self.repo)
+            with worktree_admin(self.repo):
+                git("worktree", "prune", cwd=self.repo)
             git("branch", self.branch, best, cwd=self.repo)
         try:
             self._attach(self.tree, self.branch)
@@ -191,13 +207,18 @@ class Workspace:
         self.creating.unlink(missing_ok=True)
 
     def _undo_start(self) -> None:
-        if repair.made_by_git(self.tree):
-            repair.discard(self.repo, self.tree)
+        with worktree_admin(self.repo):
+            if repair.made_by_git(self.tree):
+                repair.discard(self.repo, self.tree)
         git("branch", "-D", self.branch, cwd=self.repo, check=False)
 
     def _attach(self, tree: Path, ref: str, *flags: str) -> None:
         """A usable worktree at `tree`: the one there (links mended if the project moved), else made anew with
         `git worktree add <flags> <tree> <ref>`; one a kill left half-made is removed first."""
+        with worktree_admin(self.repo):
+            self._attach_locked(tree, ref, *flags)
+
+    def _attach_locked(self, tree: Path, ref: str, *flags: str) -> None:
         if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
             git("worktree", "repair", str(tree), cwd=self.repo, check=False)
             if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
