@@ -112,8 +112,8 @@ def worktree_admin(repo: Path) -> Iterator[None]:
     """One process at a time adds, prunes and mends the repository's worktrees (sessions side by side, `nightlab
     study --parallel`): git names a new worktree's admin directory after its folder (`worktree` for every tag),
     so two `worktree add`s race for it, and a prune or a mend could take another's half-made worktree for one a
-    kill left. Not reentrant; the OS drops it when the process dies."""
-    with open(repair.common_dir(repo) / "nightlab-worktrees.lock", "a") as f:
+    kill left. Not reentrant; the OS drops it when the process dies (the file stays: not a git lock, no `.lock`)."""
+    with open(repair.common_dir(repo) / "nightlab-worktrees.flock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
