@@ -23,9 +23,10 @@ pytestmark = pytest.mark.slow
 
 CONFIG = [("budget_s = 8", "budget_s = 1"), ("timeout_s = 60", "timeout_s = 40"), ("noise_runs = 5", "noise_runs = 2"),
           ("confirm = 2", "confirm = 0"),
-          ('[agent]\nname = "optuna"', '[agent]\nname = "scripted"\nqueue = "ideas.toml"\n\n'
-                                       '[sandbox]\nbackend = "bwrap"\n\n[report]\nhtml = false\n\n'
-                                       '[audit]\non_suspicious = "hold"')]
+          # the new tables go before [agent], whose own keys follow its name
+          ('[agent]\nname = "optuna"', '[sandbox]\nbackend = "bwrap"\n\n[report]\nhtml = false\n\n'
+                                       '[audit]\non_suspicious = "hold"\n\n'
+                                       '[agent]\nname = "scripted"\nqueue = "ideas.toml"')]
 
 
 def as_idea(e: Edit) -> dict:
