@@ -12,8 +12,9 @@ import typer
 from rich.markup import escape
 
 from nightlab import __version__, cli_review, cli_study, cli_views
-from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_lock, tag_of
+from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_of
 from nightlab.errors import NightlabError, UsageError
+from nightlab.taglock import tag_lock
 
 if TYPE_CHECKING:
     from nightlab.config import Config

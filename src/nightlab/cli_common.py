@@ -3,11 +3,7 @@ and its lock. Imports stay light here: `nightlab status` must answer fast, so he
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -55,18 +51,3 @@ def existing(cfg: Config, tag: str) -> Ledger:
     return Ledger(path)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a shutdown, a scheduler) stops as cleanly as Ctrl-C
-
-
-@contextmanager
-def tag_lock(state: Path) -> Iterator[None]:
-    """One `nightlab run` per tag; the OS drops the lock when the process dies, even by kill -9."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another `nightlab run` is using tag {state.name!r}") from None
-        yield

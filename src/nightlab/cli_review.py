@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nightlab.cli_common import console, existing, load_config, tag_lock, tag_of
+from nightlab.cli_common import console, existing, load_config, tag_of
+from nightlab.taglock import tag_lock
 
 TrialArg = Annotated[int, typer.Argument(help="The held trial's number.", min=1)]
 

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nightlab.cli_common import ConfigOpt, console, load_config, tag_lock
+from nightlab.cli_common import ConfigOpt, console, load_config
+from nightlab.taglock import tag_lock
 
 
 def say(line: str) -> None:

@@ -29,6 +29,7 @@ from nightlab import config, project
 from nightlab.config import Config
 from nightlab.errors import UsageError
 from nightlab.ledger import Ledger, TrialRecord
+from nightlab.taglock import tag_lock
 from nightlab.types import Event, Status
 
 STATE = "study.json"
@@ -172,8 +173,6 @@ class Study:
 
     def session(self, arm: Arm, r: int, gpus: str | None = None) -> Outcome:
         """Session r of `arm` under its tag's lock; `gpus`: the `[sandbox] gpus` of its lane when run in parallel."""
-        from nightlab.cli_common import tag_lock
-
         cfg, tag = arm_config(self.cfg, arm, r), self.tag(arm, r)
         if gpus is not None:
             cfg.sandbox.gpus = gpus
