@@ -2,7 +2,8 @@
 
 The test makes everything: the user (removed after), a host key and a client key, the authorized_keys and
 known_hosts files, sshd's config. sshd runs in the foreground as a child of the test process. The remote
-user runs nightlab from this checkout: the interpreter running the tests if that user can execute it, else
+user runs nightlab from this checkout (the folders above it get others' search permission for the test's
+length, e.g. mktemp's 0700 folder or /root): the interpreter running the tests if that user can execute it, else
 the system's python3 of the same version with this checkout's `src` and site-packages on its path (a .pth
 file in the user's site-packages), as nightlab installed on a host would be.
 
@@ -108,6 +109,25 @@ def _python_for(user: str, home: Path) -> str:
     pytest.fail(f"user {user} can run neither {sys.executable} nor {system} with nightlab")
 
 
+def let_traverse(paths: list[Path]) -> dict[Path, int]:
+    """Give others search (x) permission on every folder above `paths` that lacks it, so that the remote user can
+    reach this checkout and its interpreter (a fresh clone under mktemp's 0700 folder, or /root); returns the old
+    modes, for `restore`. Search alone: the folders stay unlistable to that user."""
+    changed: dict[Path, int] = {}
+    for path in paths:  # both where a link is and where it leads (the venv's python and the real one)
+        for folder in [*path.absolute().parents, *path.resolve().parents]:
+            mode = folder.stat().st_mode
+            if folder not in changed and not mode & 0o001:
+                changed[folder] = mode & 0o7777
+                folder.chmod(mode & 0o7777 | 0o001)
+    return changed
+
+
+def restore(modes: dict[Path, int]) -> None:
+    for folder, mode in modes.items():
+        folder.chmod(mode)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +143,9 @@ def ssh_server() -> Iterator[SshServer]:
     d = Path(tempfile.mkdtemp(prefix="nl-sshd-", dir="/tmp"))
     user = f"nlr{secrets.token_hex(3)}"
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
-    proc = None
+    proc, modes = None, {}
     try:
+        modes = let_traverse([Path(nightlab.__file__), Path(sys.executable), Path(sysconfig.get_paths()["purelib"])])
         home = Path(os.path.expanduser(f"~{user}"))
         for name in ("host", "client"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
@@ -163,4 +184,5 @@ def ssh_server() -> Iterator[SshServer]:
         for pid in owned_by(uid):  # the remote user's leftovers, if any (none when every run stopped)
             os.kill(pid, 9)
         subprocess.run(["userdel", "--remove", user], capture_output=True)
+        restore(modes)
         shutil.rmtree(d, ignore_errors=True)
