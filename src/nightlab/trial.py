@@ -60,7 +60,8 @@ class Trial:
         self.tree.reset(rec.parent, unless_clean=True)  # where the last trial's record left it, most often
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
         brief = lab.brief(rec.n, self.tree, tail=True)
-        brief.text += frontier.brief_note(lab.ledger.trials(), rec.parent, lab.cfg.primary)
+        if lab.cfg.search.policy == "frontier":  # greedy trials start from the best: nothing to say, nothing to read
+            brief.text += frontier.brief_note(lab.ledger.trials(), rec.parent, lab.cfg.primary)
         rec.phase = brief.phase
         lab.ledger.save(rec)
         lab.notify(Event.PROPOSE, rec)
@@ -195,7 +196,8 @@ class Trial:
 
     def chosen(self) -> bool:
         """Whether it starts from a near-miss the frontier policy chose: it runs from there and is never rebased."""
-        return frontier.from_near_miss(self.lab.ledger.trials(), self.rec.parent)
+        frontier_policy = self.lab.cfg.search.policy == "frontier"  # else every parent is a best: no reads per trial
+        return frontier_policy and frontier.from_near_miss(self.lab.ledger.trials(), self.rec.parent)
 
     def rebase(self) -> bool:
         """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""
