@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nightlab.errors import NightlabError, UsageError
 from nightlab.per_example import Examples, average
@@ -259,13 +259,9 @@ class Ledger:
                               (status,)).fetchone()
         return row[0] or "" if row else ""
 
-    def cost_usd(self) -> float:
-        """What the agent cost over every trial."""
-        return self.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM trials").fetchone()[0]
-
-    def run_seconds(self) -> float:
-        """Seconds of runs over every trial (what a study's compute budget counts)."""
-        return self.db.execute("SELECT COALESCE(SUM(seconds), 0) FROM trials").fetchone()[0]
+    def total(self, column: Literal["cost_usd", "seconds"]) -> float:
+        """A sum over every trial: what the agent cost, or the seconds of runs (a study's compute budget)."""
+        return self.db.execute(f"SELECT COALESCE(SUM({column}), 0) FROM trials").fetchone()[0]
 
     # -- runs (jobs) ------------------------------------------------------------------------
     def run_started(self, job: str, trial: int, k: int, attempt: int, slot: int) -> None:

@@ -105,9 +105,9 @@ class Loop:
             return f"reached --max-trials {limits.max_trials}"
         if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
             return f"reached --hours {limits.hours:g}"
-        if limits.compute_s is not None and ledger.run_seconds() >= limits.compute_s:
+        if limits.compute_s is not None and ledger.total("seconds") >= limits.compute_s:
             return f"reached the compute budget of {limits.compute_s:g} s of runs"
-        if cfg.agent.max_cost_usd and ledger.cost_usd() >= cfg.agent.max_cost_usd:
+        if cfg.agent.max_cost_usd and ledger.total("cost_usd") >= cfg.agent.max_cost_usd:
             return f"reached max_cost_usd {cfg.agent.max_cost_usd:g}"
         if self.failures >= cfg.agent.max_failures:
             return f"the agent failed {self.failures} times in a row (last: {ledger.last_reason(Status.REJECTED)})"
