@@ -234,3 +234,30 @@ def test_a_resume_tells_a_new_agent_the_baseline_and_the_last_outcome_before_it_
     lab.run(max_trials=3)
     assert lab.agent.told == [(0, "baseline", 1.0), (2, "keep", pytest.approx(0.8)), (3, "keep", pytest.approx(0.7))]
     assert lab.agent.proposed == [3]
+
+
+def test_max_trials_counts_the_whole_tag_across_sessions(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, loss)
+    lab.agent = Knobs({1: {"A": 0.1}, 2: {"B": 0.1}, 3: {"C": 0.1}})
+    lab.run(max_trials=2)
+    lab.fake = FakeExecutor(loss)
+    assert lab.run(max_trials=2) == "reached --max-trials 2"  # nothing more to do: nothing proposed, nothing run
+    assert lab.fake.ids() == [] and lab.agent.proposed == [1, 2]
+    assert lab.run(max_trials=3) == "reached --max-trials 3"
+    assert lab.fake.ids() == ["3.0a0s3"] and lab.table()[-1] == (3, "keep", [pytest.approx(0.7)])
+    check_git(lab)
+
+
+# -- the worktrees trials borrow ------------------------------------------------------------------------------
+def test_trials_in_flight_run_in_one_spare_worktree_per_slot_never_in_the_branchs(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, loss, slots=2)
+    # one win, then losers: whichever order the threads propose in, no trial is rebased
+    lab.agent = Knobs({1: {"A": 0.1}, 2: {"B": -0.1}, 3: {"C": -0.05}, 4: {"B": -0.2}, 5: {"C": -0.1}})
+    lab.run(max_trials=5)
+    assert [r["status"] for r in check_git(lab)] == ["baseline", "keep", "discard", "discard", "discard", "discard"]
+    branch = lab.proj.worktree(TAG).resolve()
+    where = {s.key: Path(s.job.spec.cwd).resolve() for s in lab.fake.submitted}
+    assert where.pop("0.0") == branch  # the baseline runs on the branch itself
+    assert len(set(where.values())) == 2 and branch not in where.values()  # two slots: two spares, reused
+    for spare in set(where.values()):  # each left at a trial's commit, not on the branch
+        assert lab.git("-C", str(spare), "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"
