@@ -138,3 +138,16 @@ def test_the_screening_value_comes_by_a_named_migration(tmp_path: Path) -> None:
         assert ledger.trial(2).screen == 1.25
     finally:
         ledger.close()
+
+
+def test_the_rebase_count_comes_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert "trials.rebases" in ledger.migrations()
+        assert [t.rebases for t in ledger.trials()] == [0] * 3  # an older nightlab never persisted one
+        rec = ledger.trial(2)
+        rec.rebases = 2
+        ledger.save(rec)
+        assert ledger.trial(2).rebases == 2 and ledger.trial(2).public()["rebases"] == 2
+    finally:
+        ledger.close()
