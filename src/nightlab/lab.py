@@ -56,7 +56,10 @@ class Lab:
         with the end of the last trial's log when it crashed or timed out."""
         pad = ws.dir / self.cfg.project.scratchpad
         scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
-        trials = self.ledger.trials()
+        # Without phases the brief shows the last RECENT trials and the last failure, one of the last few: a read
+        # that does not grow with the ledger. Phase gates count a whole phase's trials.
+        window = None if program.has_phases(self.cfg) else program.RECENT + self.cfg.executor.slots + 1
+        trials = self.ledger.trials(last=window)
         return program.brief(self.cfg, n, trials, self.best().metric, self.noise(), scratchpad,
                              self._failure_tail(trials) if tail else "", self.ledger.get("eval_se"), ws.dir,
                              reply(self.agent))

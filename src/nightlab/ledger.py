@@ -230,8 +230,11 @@ class Ledger:
         with self.db:
             self.db.execute("DELETE FROM examples WHERE trial = ?", (trial,))
 
-    def trials(self) -> list[TrialRecord]:
-        return self._records("ORDER BY n")
+    def trials(self, last: int | None = None) -> list[TrialRecord]:
+        """Every trial in order, or only the `last` ones (a read whose cost does not grow with the ledger)."""
+        if last is None:
+            return self._records("ORDER BY n")
+        return self._records("ORDER BY n DESC LIMIT ?", last)[::-1]
 
     def _records(self, where: str, *params: object) -> list[TrialRecord]:
         cur = self.db.execute(f"SELECT * FROM trials {where}", params)
@@ -250,9 +253,8 @@ class Ledger:
     def trial(self, n: int) -> TrialRecord | None:
         return next(iter(self._records("WHERE n = ?", n)), None)
 
-    def last(self) -> TrialRecord | None:
-        """The trial with the highest number."""
-        return next(iter(self._records("ORDER BY n DESC LIMIT 1")), None)
+    def last(self) -> TrialRecord | None:  # the trial with the highest number
+        return next(iter(self.trials(last=1)), None)
 
     def best(self) -> TrialRecord | None:
         """The current best: the last baseline or keep (None before the baseline finished)."""
