@@ -138,3 +138,27 @@ def test_the_screening_value_comes_by_a_named_migration(tmp_path: Path) -> None:
         assert ledger.trial(2).screen == 1.25
     finally:
         ledger.close()
+
+
+def test_the_rebase_count_comes_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert "trials.rebases" in ledger.migrations()
+        assert [t.rebases for t in ledger.trials()] == [0] * 3  # an older nightlab never persisted one
+        rec = ledger.trial(2)
+        rec.rebases = 2
+        ledger.save(rec)
+        assert ledger.trial(2).rebases == 2 and ledger.trial(2).public()["rebases"] == 2
+    finally:
+        ledger.close()
+
+
+def test_the_last_trials_are_read_in_order_without_reading_the_rest(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        for n in range(30):
+            ledger.save(TrialRecord(n=n, status=Status.DISCARD, description=f"idea {n}"))
+        assert [t.n for t in ledger.trials(last=4)] == [26, 27, 28, 29] == [t.n for t in ledger.trials()[-4:]]
+        assert len(ledger.trials(last=100)) == 30 and ledger.last().n == 29
+    finally:
+        ledger.close()

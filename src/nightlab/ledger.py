@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS trials (
     started REAL, finished REAL, hardware TEXT,
     agent_seconds REAL, agent TEXT,
     audit TEXT NOT NULL DEFAULT '', findings TEXT,  -- the audit's verdict and findings (audit.py)
-    screen REAL
+    screen REAL, rebases INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -70,6 +70,7 @@ MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.audit": _add_column("trials", "audit", "TEXT NOT NULL DEFAULT ''"),
     "trials.findings": _add_column("trials", "findings", "TEXT"),
     "trials.screen": _add_column("trials", "screen", "REAL"),
+    "trials.rebases": _add_column("trials", "rebases", "INTEGER NOT NULL DEFAULT 0"),
 }
 
 
@@ -100,6 +101,7 @@ class TrialRecord:
     audit: str = ""  # the audit's verdict on its change (an AuditVerdict; "" = not audited)
     findings: list = field(default_factory=list)  # the audit's findings: {check, reason, file, lines}
     screen: float | None = None  # the primary value at [search] screen_budget_s (baseline: the mean of its runs)
+    rebases: int = 0  # times its change was re-applied to a new best (trial.py), kept across a resume
 
     def add_run(self, seconds: float, hardware: str) -> None:
         """Any run's time and hardware (a lost or failed one took them too)."""
@@ -112,6 +114,10 @@ class TrialRecord:
         done = len(self.runs)
         self.metrics = {m: (self.metrics.get(m, v) * done + v) / (done + 1) for m, v in values.items()}
         self.runs.append(values[metric])
+
+    def start_over(self) -> None:
+        """Its runs measured other code (it was rebased, or resumed): they are run again from scratch."""
+        self.runs, self.metrics, self.metric, self.delta = [], {}, None, None
 
     def public(self) -> dict:
         """The `nightlab log --json` object for this trial."""
@@ -224,8 +230,11 @@ class Ledger:
         with self.db:
             self.db.execute("DELETE FROM examples WHERE trial = ?", (trial,))
 
-    def trials(self) -> list[TrialRecord]:
-        return self._records("ORDER BY n")
+    def trials(self, last: int | None = None) -> list[TrialRecord]:
+        """Every trial in order, or only the `last` ones (a read whose cost does not grow with the ledger)."""
+        if last is None:
+            return self._records("ORDER BY n")
+        return self._records("ORDER BY n DESC LIMIT ?", last)[::-1]
 
     def _records(self, where: str, *params: object) -> list[TrialRecord]:
         cur = self.db.execute(f"SELECT * FROM trials {where}", params)
@@ -244,9 +253,8 @@ class Ledger:
     def trial(self, n: int) -> TrialRecord | None:
         return next(iter(self._records("WHERE n = ?", n)), None)
 
-    def last(self) -> TrialRecord | None:
-        """The trial with the highest number."""
-        return next(iter(self._records("ORDER BY n DESC LIMIT 1")), None)
+    def last(self) -> TrialRecord | None:  # the trial with the highest number
+        return next(iter(self.trials(last=1)), None)
 
     def best(self) -> TrialRecord | None:
         """The current best: the last baseline or keep (None before the baseline finished)."""
