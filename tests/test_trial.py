@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeExecutor, failed, parse
+from fakes import FakeExecutor, failed, lost, ok, parse
 from nightlab.errors import AgentFailed
 from nightlab.per_example import Examples
-from nightlab.types import Brief, Proposal, RunOutcome, Status
+from nightlab.types import Brief, Event, Proposal, RunOutcome, Status
 from nlkit import commit_message
 from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race
 
@@ -66,6 +66,26 @@ def test_a_run_that_times_out_or_breaks_a_constraint_ends_its_trial_with_that_st
     assert lab.table() == [(0, "baseline", [1.0]), (1, status.value, []), (2, "keep", [0.9])]
     assert rows[1]["reason"] == reason and rows[1]["delta"] is None
     assert lab.fake.ids(1) == ["1.0a0s1"]  # run once: only a lost run is run again
+
+
+def test_a_lost_confirmation_run_is_run_again_with_its_seed_in_a_cleared_directory(tmp_path: Path) -> None:
+    values = {"0.0": 1.02, "0.1": 0.98, "1.0": 0.92, "1.1": 0.88}  # 0.92 alone is uncertain: one more run
+
+    def answer(job) -> RunOutcome:
+        n, k, _, _ = parse(job.id)
+        return lost(job) if job.id == "1.1a0s1" else ok(job, values[f"{n}.{k}"])
+
+    lab = make_lab(tmp_path, answer, config={"keep": {"noise_runs": 2, "confirm": 1}})
+    lab.agent = Knobs({1: {"A": 0.1}})
+    lab.run(max_trials=1)
+    check_git(lab)
+    assert lab.table() == [(0, "baseline", [1.02, 0.98]), (1, "keep", [0.92, 0.88])]
+    assert lab.runs(1) == [("1.0a0s1", 0, 0, 0, "ok", 0.92), ("1.1a0s1", 1, 0, 0, "lost", None),
+                           ("1.1a1s1", 1, 1, 0, "ok", 0.88)]
+    assert [s.job.spec.seed for s in lab.fake.submitted if parse(s.job.id)[0] == 1] == [1000, 1001, 1001]
+    assert [p.name for p in (lab.run_dir(1) / "repeat-1").iterdir()] == ["fake-1.1a1s1.log"]
+    assert "fake-1.0a0s1.log" in {p.name for p in lab.run_dir(1).iterdir()}  # run 0's output is not touched
+    assert [e for e, n in lab.events if n == 1] == [Event.PROPOSE, Event.RUN, Event.CONFIRM, Event.LOST, Event.DONE]
 
 
 class CostsMoney(Knobs):
