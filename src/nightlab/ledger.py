@@ -182,16 +182,13 @@ class Ledger:
 
     def check_identity(self, identity: dict[str, object], source: str) -> None:
         """Refuse to resume a tag whose metric, goal or editable set changed since it started."""
-        stored = self.get("identity")
-        if stored is None:
-            self.set_meta(identity=identity)
-            return
-        if missing := {k: v for k, v in identity.items() if k not in stored}:  # a tag from before the key existed
-            self.set_meta(identity=stored | missing)
-            stored = stored | missing
+        stored = self.get("identity") or {}
+        merged = identity | stored  # a new tag, or one from before a key existed, takes the key as it is now
+        if merged != stored:
+            self.set_meta(identity=merged)
         for key, value in identity.items():
-            if stored.get(key) != value:
-                raise UsageError(f"{source}: {key} changed since this tag started ({stored.get(key)!r} → {value!r}); "
+            if merged[key] != value:
+                raise UsageError(f"{source}: {key} changed since this tag started ({merged[key]!r} → {value!r}); "
                                  "start a new --tag or restore the setting")
 
     # -- trials ---------------------------------------------------------------------------
@@ -267,6 +264,11 @@ class Ledger:
                               (status,)).fetchone()
         return row[0] or "" if row else ""
 
+    def deltas(self, status: str) -> list[float]:
+        """The delta of every trial with `status` that has one, in order (read without the rest of the rows)."""
+        rows = self.db.execute("SELECT delta FROM trials WHERE status = ? AND delta IS NOT NULL ORDER BY n", (status,))
+        return [row[0] for row in rows]
+
     def total(self, column: Literal["cost_usd", "seconds"]) -> float:
         """A sum over every trial: what the agent cost, or the seconds of runs (a study's compute budget)."""
         return self.db.execute(f"SELECT COALESCE(SUM({column}), 0) FROM trials").fetchone()[0]
@@ -286,9 +288,7 @@ class Ledger:
                                                           time.time(), job))
 
     def runs(self) -> list[dict]:
-        cur = self.db.execute("SELECT * FROM runs ORDER BY started")
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return _dicts(self.db.execute("SELECT * FROM runs ORDER BY started"))
 
     def interrupt_runs(self) -> None:
         """Runs left 'running' by a stopped nightlab: they ended with it."""
@@ -310,9 +310,7 @@ class Ledger:
 
     def latest_verify(self) -> list[dict] | None:
         """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
-        cur = self.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
-        names = [c[0] for c in cur.description]
-        rows = [dict(zip(names, values)) for values in cur]
+        rows = _dicts(self.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid"))
         for r in rows:
             for k in _VERIFY_JSON:
                 r[k] = json.loads(r[k]) if r[k] else []
@@ -334,3 +332,9 @@ class Ledger:
 def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
     """The last baseline or keep of `trials` (every keep beats the best before it)."""
     return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict]:
+    """A query's rows as {column: value}."""
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, row)) for row in cur]
