@@ -1,5 +1,5 @@
-"""The ledger's reads and writes a run relies on: which trial is best, a tag's identity, the runs table across a
-stop, per-example values, the verify table, and a file that is not a ledger. Real SQLite, in-process."""
+"""The ledger's reads and writes a run relies on: which trial is best, totals, meta values, the runs table across
+a stop, per-example values, the verify table, and a file that is not a ledger. Real SQLite, in-process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nightlab.errors import NightlabError, UsageError
+from nightlab.errors import NightlabError
 from nightlab.ledger import Ledger, TrialRecord, best_of
 from nightlab.per_example import Examples
 from nightlab.types import RunEnd, Status
@@ -69,21 +69,7 @@ def test_a_trials_values_are_running_means_and_its_hardware_each_kind_once() -> 
     assert rec.metrics == pytest.approx({"val_loss": 0.7, "peak_memory_gb": 3.0})
 
 
-# -- a tag's identity -----------------------------------------------------------------------------------------
-def test_a_tag_refuses_a_changed_metric_and_learns_keys_it_did_not_know(ledger: Ledger) -> None:
-    ledger.check_identity({"metric": "val_loss", "goal": "minimize"}, "proj/nightlab.toml")
-    ledger.check_identity({"metric": "val_loss", "goal": "minimize"}, "proj/nightlab.toml")  # unchanged: fine
-    with pytest.raises(UsageError) as e:
-        ledger.check_identity({"metric": "val_acc", "goal": "minimize"}, "proj/nightlab.toml")
-    assert str(e.value) == ("proj/nightlab.toml: metric changed since this tag started ('val_loss' → 'val_acc'); "
-                            "start a new --tag or restore the setting")
-    # a key an older nightlab did not record is taken as it is now, then held to
-    ledger.check_identity({"metric": "val_loss", "goal": "minimize", "editable": ["train.py"]}, "nightlab.toml")
-    assert ledger.get("identity") == {"metric": "val_loss", "goal": "minimize", "editable": ["train.py"]}
-    with pytest.raises(UsageError, match=r"^nightlab.toml: editable changed since this tag started"):
-        ledger.check_identity({"metric": "val_loss", "goal": "minimize", "editable": ["model.py"]}, "nightlab.toml")
-
-
+# -- meta ------------------------------------------------------------------------------------------------------
 def test_meta_values_keep_their_json_type(ledger: Ledger) -> None:
     ledger.set_meta(noise=0.028, deterministic=False, sessions=3, examples=None)
     assert (ledger.get("noise"), ledger.get("deterministic"), ledger.get("sessions")) == (0.028, False, 3)
