@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from nightlab.audit import summary
 from nightlab.ledger import Ledger, TrialRecord, best_of
 from nightlab.types import Status
 
@@ -83,6 +82,12 @@ def status_json(cfg: Configured, tag: str, trials: list[TrialRecord], noise: flo
     }
 
 
+def status_object(cfg: Configured, tag: str, ledger: Ledger, state: Path) -> dict:
+    """The `nightlab status --json` object of the tag whose ledger and state directory these are."""
+    data = status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}", evidence(ledger))
+    return data | {"verify": ledger.latest_verify(), "slots": slots_of(ledger, always=True, queue=queued(state))}
+
+
 def fmt(v: float | None, sign: bool = False) -> str:
     if v is None:
         return "—"
@@ -97,6 +102,8 @@ def trial_cells(t: TrialRecord) -> list[str]:
     text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
         f"{t.description} [{t.reason}]" if t.description else t.reason
     if t.findings:
+        from nightlab.audit import summary  # its checks' patterns are not needed for the trials without findings
+
         text += f" [audit: {summary(t.findings)}]"
     return [str(t.n), t.status, fmt(t.metric), fmt(t.delta, True), t.phase, f"{t.seconds:.0f}", text]
 

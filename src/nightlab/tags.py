@@ -25,3 +25,11 @@ def check_tag(tag: str) -> str:
         raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' or '.' "
                          "(not '..', nor a trailing '.' or '.lock')")
     return tag
+
+
+def ledger_path(root: Path, tag: str) -> Path:
+    """The ledger of a tag that has run; a one-line error naming the tag for one that has not."""
+    path = root / STATE / tag / "ledger.sqlite"
+    if not path.exists():
+        raise UsageError(f"no run with tag {tag!r} in {root} (start one with `nightlab run --tag {tag}`)")
+    return path
