@@ -43,7 +43,10 @@ def terminal_style() -> Style:
     try:
         width = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
-        width = os.get_terminal_size(1).columns
+        try:
+            width = os.get_terminal_size(1).columns
+        except OSError:  # a terminal that does not say its size
+            width = 80
     return Style(width=max(width, 20), color="NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb")
 
 
