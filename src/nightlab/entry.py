@@ -1,6 +1,6 @@
 """The `nightlab` command's entry point. The read-only commands a user runs often (`--version`, `status`, `log`,
 with `--json`, `--tag`, `--config`) are answered here without importing the full CLI (typer, rich, pydantic: most
-of their time on a long night's ledger, benchmarks/startup.py); anything else, `--help` and every error of usage
+of their time on a long night's ledger, benchmarks/startup.py); anything else, `--help` and bad flags
 included, goes to the full CLI (cli.py), which answers it as it always did."""
 
 from __future__ import annotations
