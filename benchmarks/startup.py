@@ -24,10 +24,11 @@ from nightlab.ledger import Ledger, TrialRecord
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import make_project  # noqa: E402  (the benchmarks' no-op project)
 
-# the `nightlab` command as installed beside this interpreter (the console script: what a user runs), else the
-# same entry point through `python -m nightlab`
+# the `nightlab` command as installed beside this interpreter (the console script: what a user runs), else (not
+# installed, or installed before its entry point moved to entry.py) the same entry point through `python -m nightlab`
 SCRIPT = Path(sys.executable).with_name("nightlab")
-CLI = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "nightlab"]
+INSTALLED = SCRIPT.is_file() and "nightlab.entry" in SCRIPT.read_text()
+CLI = [str(SCRIPT)] if INSTALLED else [sys.executable, "-m", "nightlab"]
 COMMANDS = (["--version"], ["status"], ["status", "--json"], ["log"], ["log", "--json"])
 # for comparison: the full CLI (typer, rich, pydantic), which answers these commands when given other options
 FULL = [sys.executable, "-m", "nightlab.cli"]
