@@ -146,7 +146,8 @@ def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
     return proc.stdout.strip()
 
 
-CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
+CLI = [sys.executable, "-c", "from nightlab.entry import main; main()"]  # the `nightlab` command, as installed
+FULL_CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]  # its typer CLI, without the quick path
 
 
 def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, lines: int = 40,
