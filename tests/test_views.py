@@ -1,5 +1,6 @@
-"""The views of a tag built from records, in-process: slot activity, results.tsv line by line, commit messages,
-`status --json` before and after the baseline, and the tables' cells. The CLI's own tests read them whole."""
+"""The views of a tag built from records, in-process (views.py, status_data.py): slot activity, results.tsv line by
+line, commit messages, `status --json` before and after the baseline, and the tables' cells. The CLI's own tests
+read them whole."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from rich.console import Console
 
 from nightlab import config
 from nightlab.ledger import Ledger, TrialRecord
+from nightlab.status_data import queued, slot_activity, slots_of, status_json
 from nightlab.types import Status
-from nightlab.views import Tsv, commit_message, queued, slot_activity, slots_of, status_json
+from nightlab.views import Tsv, commit_message
 from nightlab.views import summary_table as summary
 from nightlab.views import trials_table as table
 from nlkit import BASE_CONFIG, toml_dumps
