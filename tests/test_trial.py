@@ -5,13 +5,14 @@ redoes. Each test drives the real loop; only training is fake, so each runs in a
 from __future__ import annotations
 
 import dataclasses
+import re
 from array import array
 from pathlib import Path
 
 import pytest
 
 from fakes import FakeExecutor, failed, lost, ok, parse
-from nightlab.errors import AgentFailed
+from nightlab.errors import AgentFailed, RunCrashed
 from nightlab.per_example import Examples
 from nightlab.types import Brief, Event, Proposal, RunOutcome, Status
 from nlkit import commit_message
@@ -196,16 +197,21 @@ def test_a_reproposing_agent_that_fails_on_the_new_best_leaves_the_trial_stale(t
 
 
 # -- per-example values ---------------------------------------------------------------------------------------
-def test_a_run_whose_examples_cannot_be_paired_with_the_baselines_is_invalid(tmp_path: Path) -> None:
-    counts = {1: 3, 2: 0}  # examples per run; every other run reports 4
-
-    def answer(job) -> RunOutcome:
-        out = loss(job)
-        if count := counts.get(parse(job.id)[0], 4):
-            out.examples = Examples(array("d", [out.values["val_loss"]] * count))
+def with_examples(answer, counts: dict[str, int | None], spread: dict[str, float] | None = None):
+    """`answer`, its runs reporting per-example values: `counts[job key]` of them (None: none; else 4), spread by
+    `spread[job key]` from one to the next around the run's value (their mean)."""
+    def answered(job) -> RunOutcome:
+        out, name = answer(job), f"{parse(job.id)[0]}.{parse(job.id)[1]}"
+        if (count := counts.get(name, 4)) is not None:
+            step = (spread or {}).get(name, 0.0)
+            out.examples = Examples(array("d", [out.values["val_loss"] + step * (i - (count - 1) / 2)
+                                                 for i in range(count)]))
         return out
+    return answered
 
-    lab = make_lab(tmp_path, answer)
+
+def test_a_run_whose_examples_cannot_be_paired_with_the_baselines_is_invalid(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, with_examples(loss, {"1.0": 3, "2.0": None}))  # every other run reports 4
     lab.agent = Knobs({1: {"A": 0.2}, 2: {"B": 0.2}, 3: {"C": 0.1}})
     lab.run(max_trials=3)
     rows = check_git(lab)
@@ -215,6 +221,40 @@ def test_a_run_whose_examples_cannot_be_paired_with_the_baselines_is_invalid(tmp
     assert rows[2]["reason"] == "per-example values missing (the baseline reported 4)"
     assert lab.proj.rows("SELECT trial, count FROM examples ORDER BY trial", TAG) == [
         {"trial": 0, "count": 4}, {"trial": 3, "count": 4}]
+
+
+# -- the baseline ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("counts, why", [
+    ({"0.1": None}, "per-example values missing (the baseline reported 4)"),
+    ({"0.0": None}, "per-example values reported by only some runs"),
+    ({"0.1": 5}, "per-example values: 5 given, the baseline reported 4"),
+])
+def test_a_baseline_whose_runs_disagree_on_their_examples_stops_the_run(tmp_path: Path, counts: dict, why: str) -> None:
+    lab = make_lab(tmp_path, with_examples(loss, counts), config={"keep": {"noise_runs": 2}})
+    lab.agent = Knobs({1: {"A": 0.1}})
+    with pytest.raises(RunCrashed, match=rf"^the baseline failed \(invalid: {re.escape(why)}"):
+        lab.run(max_trials=1)
+    assert lab.table() == [] and lab.agent.proposed == []  # nothing is judged against a baseline it cannot pair
+
+
+def test_a_crashed_baseline_is_not_run_again_and_says_where_its_log_is(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, lambda job: failed(job, log=TAIL))
+    with pytest.raises(RunCrashed) as e:
+        lab.run(max_trials=1)
+    assert str(e.value) == (f"the baseline failed (crash: exit code 1); fix it before searching "
+                            f"(see {lab.run_dir(0)}/run.log)")
+    assert lab.fake.ids() == ["0.0a0s1"] and lab.table() == []
+    assert "ZeroDivisionError: boom" in (lab.run_dir(0) / "run.log").read_text()
+
+
+def test_identical_runs_whose_examples_differ_are_not_deterministic(tmp_path: Path) -> None:
+    # The same mean twice, from different per-example values: the evaluation is not deterministic after all.
+    lab = make_lab(tmp_path, with_examples(loss, {}, spread={"0.0": 0.1, "0.1": -0.1}),
+                   config={"keep": {"noise_runs": 3}})
+    lab.run(max_trials=0)
+    assert lab.fake.ids() == ["0.0a0s1", "0.1a0s1", "0.2a0s1"]  # every noise run, not two
+    meta = lab.proj.rows("SELECT key, value FROM meta WHERE key IN ('deterministic', 'examples')", TAG)
+    assert {r["key"]: r["value"] for r in meta} == {"deterministic": "false", "examples": "4"}
 
 
 # -- what a resume redoes ---------------------------------------------------------------------------------------
