@@ -146,7 +146,8 @@ def check_git(lab: Lab) -> list[dict]:
     refs = lab.git("for-each-ref", "--format=%(refname:short) %(objectname)", f"refs/nightlab/{TAG}/")
     assert dict(line.split() for line in refs.splitlines()) == {
         f"nightlab/{TAG}/trial-{r['n']}": r["commit_sha"] for r in rows if r["commit_sha"]}
-    chain = [r for r in rows if r["status"] in ("baseline", "keep")]
+    # in the order they were recorded: a trial rebased onto a later-numbered keep may be kept after it
+    chain = sorted((r for r in rows if r["status"] in ("baseline", "keep")), key=lambda r: (r["finished"], r["n"]))
     assert lab.git("rev-parse", f"nightlab/{TAG}") == chain[-1]["commit_sha"]
     for before, after in zip(chain, chain[1:]):
         assert after["parent"] == before["commit_sha"] == lab.git("rev-parse", f"{after['commit_sha']}^")

@@ -40,6 +40,14 @@ def test_the_best_is_the_last_baseline_or_keep_whatever_came_after(ledger: Ledge
     assert ledger.last().n == 6 and ledger.trial(3).metric == 0.8
 
 
+def test_the_best_is_the_keep_recorded_last_not_the_one_numbered_last(ledger: Ledger) -> None:
+    ledger.save(record(0, Status.BASELINE, 1.0, finished=100.0))
+    ledger.save(record(2, Status.KEEP, 0.9, finished=200.0))
+    ledger.save(record(1, Status.KEEP, 0.6, finished=300.0))  # rebased onto trial 2, then kept
+    ledger.save(record(3, Status.DISCARD, 0.7, finished=400.0))
+    assert ledger.best().n == best_of(ledger.trials()).n == 1
+
+
 def test_totals_and_the_last_reason_sum_every_trial(ledger: Ledger) -> None:
     assert (ledger.total("cost_usd"), ledger.total("seconds"), ledger.last_reason(Status.REJECTED)) == (0, 0, "")
     ledger.save(record(0, Status.BASELINE, 1.0, seconds=10.0))

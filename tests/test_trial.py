@@ -321,3 +321,23 @@ def test_trials_in_flight_run_in_one_spare_worktree_per_slot_never_in_the_branch
     assert len(set(where.values())) == 2 and branch not in where.values()  # two slots: two spares, reused
     for spare in set(where.values()):  # each left at a trial's commit, not on the branch
         assert lab.git("-C", str(spare), "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"
+
+
+def test_a_trial_kept_after_a_later_numbered_one_is_the_best_and_the_next_trial_starts_from_it(tmp_path: Path) -> None:
+    # Trial 2 is kept while trial 1 (C) still runs; trial 1 is then rebased onto trial 2 and kept too: the best
+    # is trial 1 now, the one recorded last, though it has the lower number.
+    lab = make_lab(tmp_path, loss, slots=2, hold=("1.0",))
+    lab.agent = Knobs({1: {"C": 0.3}, 2: {"A": 0.1}, 3: {"B": 0.1}}, gates={2: lambda: lab.fake.wait_submitted("1.0")})
+    lab.hooks[(Event.DONE, 2)] = lambda: lab.fake.release("1.0")
+    lab.run(max_trials=2)
+    rows = check_git(lab)
+    assert lab.table() == [(0, "baseline", [1.0]), (1, "keep", [0.6]), (2, "keep", [0.9])]
+    assert rows[1]["parent"] == rows[2]["commit_sha"] and rows[1]["reason"] == "rebased onto trial 2"
+    assert lab.git("rev-parse", f"nightlab/{TAG}") == rows[1]["commit_sha"]
+    lab.fake, lab.agent.gates, lab.hooks = FakeExecutor(loss), {}, {}
+    lab.run(max_trials=3)
+    rows = check_git(lab)
+    assert rows[3]["parent"] == rows[1]["commit_sha"] and rows[3]["status"] == "keep"
+    assert rows[3]["delta"] == pytest.approx(-0.1)  # against trial 1's 0.6, not trial 2's 0.9
+    best = lab.git("show", f"nightlab/{TAG}:train.py")
+    assert all(line in best for line in ("A = 0.1", "B = 0.1", "C = 0.3"))

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS trials (
     audit TEXT NOT NULL DEFAULT '', findings TEXT,  -- the audit's verdict and findings (audit.py)
     screen REAL, rebases INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS trials_finished ON trials (finished);  -- best(): the keep recorded last, read from the end
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
     status TEXT NOT NULL,  -- 'running', a failing Status, or a RunEnd
@@ -251,7 +252,7 @@ class Ledger:
             out.append(TrialRecord(**{name: row[name] for name in _NAMES}))
         return out
 
-    # The reads every trial makes, each by the primary key's index: their cost does not grow with the trials.
+    # The reads every trial makes, each by an index (n, or finished): their cost does not grow with the trials.
     def trial(self, n: int) -> TrialRecord | None:
         return next(iter(self._records("WHERE n = ?", n)), None)
 
@@ -259,9 +260,9 @@ class Ledger:
         return next(iter(self.trials(last=1)), None)
 
     def best(self) -> TrialRecord | None:
-        """The current best: the last baseline or keep (None before the baseline finished)."""
-        return next(iter(self._records("WHERE status IN (?, ?) ORDER BY n DESC LIMIT 1", Status.BASELINE,
-                                       Status.KEEP)), None)
+        """The baseline or keep recorded last (a rebased trial may be kept after a later-numbered one); None before."""
+        return next(iter(self._records("WHERE status IN (?, ?) ORDER BY finished DESC, n DESC LIMIT 1",
+                                       Status.BASELINE, Status.KEEP)), None)
 
     def last_reason(self, status: str) -> str:
         """The reason the last trial with `status` gives ('' when none has it)."""
@@ -335,8 +336,9 @@ class Ledger:
 
 
 def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
-    """The last baseline or keep of `trials` (every keep beats the best before it)."""
-    return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
+    """The baseline or keep of `trials` recorded last, as Ledger.best() (every keep beats the best before it)."""
+    kept = [t for t in trials if t.status in (Status.BASELINE, Status.KEEP)]
+    return max(kept, key=lambda t: (t.finished or 0.0, t.n), default=None)
 
 
 def _dicts(cur: sqlite3.Cursor) -> list[dict]:
