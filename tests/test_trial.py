@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from array import array
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nightlab.errors import AgentFailed, RunCrashed
 from nightlab.per_example import Examples
 from nightlab.types import Brief, Event, Proposal, RunOutcome, Status
 from nlkit import commit_message
-from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race
+from schedkit import TAG, Knobs, check_git, interrupt, loss, make_lab, noisy, race
 
 pytestmark = pytest.mark.timeout(120)  # a held run nobody releases would wait forever: fail instead
 
@@ -341,3 +342,31 @@ def test_a_trial_kept_after_a_later_numbered_one_is_the_best_and_the_next_trial_
     assert rows[3]["delta"] == pytest.approx(-0.1)  # against trial 1's 0.6, not trial 2's 0.9
     best = lab.git("show", f"nightlab/{TAG}:train.py")
     assert all(line in best for line in ("A = 0.1", "B = 0.1", "C = 0.3"))
+
+
+def test_a_proposal_cut_short_below_a_committed_trial_is_made_again_under_its_number(tmp_path: Path) -> None:
+    # Two slots: trial 1's agent is still thinking when trial 2, proposed beside it, starts its run and nightlab
+    # stops. On resume trial 1 is asked again as trial 1 (no gap in the numbers), and --max-trials counts it.
+    go, left = threading.Event(), threading.Event()
+
+    def still_thinking() -> None:
+        try:
+            go.wait(60)
+        finally:  # the Ctrl-C nightlab passed to this thread lands here, once it wakes
+            left.set()
+
+    lab = make_lab(tmp_path, loss, slots=2)
+    lab.agent = Knobs({1: {"A": -0.1}, 2: {"B": 0.2}, 3: {"C": 0.1}}, gates={1: still_thinking})
+    lab.hooks[(Event.RUN, 2)] = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(max_trials=3)
+    go.set()
+    assert left.wait(60)
+    assert [(r["n"], r["status"], bool(r["commit_sha"])) for r in lab.trials()] == [
+        (0, "baseline", True), (1, "running", False), (2, "running", True)]
+    lab.fake, lab.agent.gates, lab.hooks = FakeExecutor(loss), {}, {}
+    assert lab.run(max_trials=3) == "reached --max-trials 3"
+    rows = check_git(lab)  # trial numbers 0, 1, 2, 3 once each
+    assert [(r["n"], r["status"], r["description"]) for r in rows] == [
+        (0, "baseline", "baseline"), (1, "discard", "A = -0.1"), (2, "keep", "B = 0.2"), (3, "keep", "C = 0.1")]
+    assert lab.agent.proposed == [2, 1, 3] and rows[1]["seed"] == 1000
