@@ -370,3 +370,19 @@ def test_a_proposal_cut_short_below_a_committed_trial_is_made_again_under_its_nu
     assert [(r["n"], r["status"], r["description"]) for r in rows] == [
         (0, "baseline", "baseline"), (1, "discard", "A = -0.1"), (2, "keep", "B = 0.2"), (3, "keep", "C = 0.1")]
     assert lab.agent.proposed == [2, 1, 3] and rows[1]["seed"] == 1000
+
+
+def test_keeps_recorded_while_the_clock_steps_back_stay_in_order(tmp_path: Path, monkeypatch) -> None:
+    # The best is the keep recorded last (a rebased trial may be kept after a later-numbered one). A wall clock
+    # that steps back (NTP) between two keeps must not make the earlier keep the best again.
+    import time
+
+    clock = iter(range(2_000_000_000, 0, -60))  # a minute earlier at every reading
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    lab = make_lab(tmp_path, loss)
+    lab.agent = Knobs({1: {"A": 0.1}, 2: {"B": 0.1}})
+    assert lab.run(max_trials=2) == "reached --max-trials 2"
+    rows = check_git(lab)  # the branch is at the best, and the chain of keeps is in the order they were recorded
+    assert [(r["status"], r["runs"]) for r in rows] == [("baseline", [1.0]), ("keep", [0.9]), ("keep", [0.8])]
+    assert rows[2]["finished"] > rows[1]["finished"] > rows[0]["finished"]
+    assert lab.git("rev-parse", f"nightlab/{TAG}") == rows[2]["commit_sha"]
