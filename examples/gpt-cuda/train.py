@@ -249,9 +249,13 @@ while True:
         print(f"step {step:5d} | loss {smooth_loss:.4f} ({smooth_loss / math.log(2):.3f} bits/byte) "
               f"| lr {lr:.2e} | {time.perf_counter() - t_start:.1f}s", flush=True)
 training_seconds = time.perf_counter() - t_start
-# Throughput after the first step, which carries the compilation
+# Throughput after the first step, which carries the compilation; when only one step ran (a slow or busy machine),
+# that step's own, compilation and all, rather than no figure
 steady_seconds = training_seconds - first_step_s
-tokens_per_s = (step - 1) * tokens_per_step / steady_seconds if step > 1 and steady_seconds > 0 else 0.0
+if step > 1 and steady_seconds > 0:
+    tokens_per_s = (step - 1) * tokens_per_step / steady_seconds
+else:
+    tokens_per_s = step * tokens_per_step / training_seconds
 
 # ---------------------------------------------------------------------------
 # Evaluation and summary
