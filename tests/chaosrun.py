@@ -15,12 +15,14 @@ from chaoskit import chaos_env, finish, locks, resumed, start, worktree_troubles
 from nlkit import Project, idea, make_project, sub
 
 # Every step of a run and of verify, by nightlab's own points and by the git calls each step makes.
-POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "trial.committed",
-              "run.started", "run.finished", "trial.recorded", "report.written"]
+# nightlab writes a trial's commit, its amended message and its ref itself (gitcommit.py): its git.* points stand
+# where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared").
+POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "git.commit.written",
+              "git.commit.locked", "trial.committed", "run.started", "run.finished", "git.amend.written",
+              "git.mark.locked", "trial.recorded", "report.written"]
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured"]
-GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "add --", "commit --quiet --no-verify",
-           "show", "commit-tree", "update-ref", "rev-parse"]
+GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
 GIT_VERIFY = ["reset --hard", "clean", "rev-parse"]
 REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
 

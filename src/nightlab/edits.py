@@ -1,4 +1,5 @@
-"""The check of an agent's edits in a worktree: only the editable files and the scratchpad may change."""
+"""A trial's edits in its worktree: the check of what an agent changed (only the editable files and the scratchpad
+may change), and a change re-applied on another commit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nightlab.errors import EditRejected
+from nightlab.errors import EditRejected, NightlabError
 from nightlab.gitcmd import NO_HOOKS, git
 
 if TYPE_CHECKING:
@@ -51,3 +52,24 @@ def restore(ws: Workspace, files: list[str]) -> None:
     for f in set(files) - tracked:
         p = ws.dir / f
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def rebase(ws: Workspace, commit: str, onto: str) -> str | None:
+    """`commit`'s change re-applied on `onto` (same message) in `ws`; None when it conflicts or leaves no change."""
+    ws.reset(onto)
+    ws.lend()  # the cherry-pick changes it
+    # Notes never conflict: both sides' lines are kept (git's built-in union merge, for the scratchpad only).
+    attributes = ws.root / ".nightlab" / ws.tag / "rebase.gitattributes"
+    attributes.write_text(f"/{(ws.sub / ws.scratchpad).as_posix()} merge=union\n")
+    try:
+        git("-c", NO_HOOKS, "-c", f"core.attributesFile={attributes}", "cherry-pick", "--no-commit", commit,
+            cwd=ws.dir, env=ws.env)
+    except NightlabError:  # a conflict: the two changes touch the same lines
+        git("cherry-pick", "--abort", cwd=ws.dir, check=False, env=ws.env)
+        ws.reset(onto)
+        return None
+    files = [f for f in changed_files(ws) if f in ws.editable or f == ws.scratchpad]
+    if not any(f in ws.editable for f in files):  # the new best already holds this change
+        ws.reset(onto)
+        return None
+    return ws.commit(git("log", "-1", "--format=%B", commit, cwd=ws.dir, env=ws.env), files)[0]

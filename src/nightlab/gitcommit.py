@@ -114,9 +114,12 @@ def gitdirs(tree: Path) -> tuple[Path, Path]:
     dot = tree / ".git"
     if dot.is_dir():
         return dot, dot
-    gitdir = Path(dot.read_text().removeprefix("gitdir:").strip())
-    gitdir = gitdir if gitdir.is_absolute() else (tree / gitdir).resolve()
-    common = gitdir / (gitdir / "commondir").read_text().strip()
+    try:
+        gitdir = Path(dot.read_text().removeprefix("gitdir:").strip())
+        gitdir = gitdir if gitdir.is_absolute() else (tree / gitdir).resolve()
+        common = gitdir / (gitdir / "commondir").read_text().strip()
+    except OSError as e:
+        raise NightlabError(f"{tree} is not a usable git worktree ({e.strerror}: {e.filename})") from None
     return gitdir, common.resolve()
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import subprocess
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +109,7 @@ class Objects:
             os.utime(final)  # git freshens an object it would have written, so a prune keeps it
             return sha
         final.parent.mkdir(exist_ok=True)
-        tmp = final.parent / f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}"
+        tmp = final.parent / f"tmp_obj_{secrets.token_hex(8)}"  # unique across threads and processes
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             os.write(fd, zlib.compress(raw, 1))  # core.looseCompression's default

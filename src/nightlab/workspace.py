@@ -97,6 +97,19 @@ def worktree_admin(repo: Path) -> Iterator[None]:
         yield
 
 
+def attach(repo: Path, tree: Path, ref: str, *flags: str) -> None:
+    """Workspace._attach, under the worktrees' mutex."""
+    if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
+        git("worktree", "repair", str(tree), cwd=repo, check=False)
+        if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
+            return
+        log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
+    if repair.made_by_git(tree):
+        repair.discard(repo, tree)
+    git("worktree", "prune", cwd=repo)
+    git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=repo)
+
+
 def _endpoint_only(repo: Path, path: str) -> bool:
     """Whether the config at `path` differs from its committed self only in the agent's endpoint or model."""
     if not (repo / path).is_file():
@@ -205,20 +218,9 @@ class Workspace:
     def _attach(self, tree: Path, ref: str, *flags: str) -> None:
         """A usable worktree at `tree`: the one there (links mended if the project moved), else made anew with
         `git worktree add <flags> <tree> <ref>`; one a kill left half-made is removed first."""
-        with worktree_admin(self.repo):
-            self._attach_locked(tree, ref, *flags)
-
-    def _attach_locked(self, tree: Path, ref: str, *flags: str) -> None:
         self._repo = None  # the worktree's git directory may be another after this
-        if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
-            git("worktree", "repair", str(tree), cwd=self.repo, check=False)
-            if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
-                return
-            log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
-        if repair.made_by_git(tree):
-            repair.discard(self.repo, tree)
-        git("worktree", "prune", cwd=self.repo)
-        git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=self.repo)
+        with worktree_admin(self.repo):
+            attach(self.repo, tree, ref, *flags)
 
     def spare(self, slot: int | str) -> Workspace:
         """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
@@ -295,22 +297,7 @@ class Workspace:
 
     def rebase(self, commit: str, onto: str) -> str | None:
         """`commit`'s change re-applied on `onto` (same message); None when it conflicts or leaves no change."""
-        self.reset(onto)
-        self._clean = None  # the cherry-pick changes it
-        # Notes never conflict: both sides' lines are kept (git's built-in union merge, for the scratchpad only).
-        attributes = self.root / ".nightlab" / self.tag / "rebase.gitattributes"
-        attributes.write_text(f"/{(self.sub / self.scratchpad).as_posix()} merge=union\n")
-        try:
-            self._git("-c", NO_HOOKS, "-c", f"core.attributesFile={attributes}", "cherry-pick", "--no-commit", commit)
-        except NightlabError:  # a conflict: the two changes touch the same lines
-            self._git("cherry-pick", "--abort", check=False)
-            self.reset(onto)
-            return None
-        files = [f for f in self.changed_files() if f in self.editable or f == self.scratchpad]
-        if not any(f in self.editable for f in files):  # the new best already holds this change
-            self.reset(onto)
-            return None
-        return self.commit(self._git("log", "-1", "--format=%B", commit), files)[0]
+        return edits.rebase(self, commit, onto)
 
     def mark(self, n: int, commit: str) -> None:
         """Keep trial n reachable whatever happens to the branch."""
