@@ -26,7 +26,8 @@ IDENTITY |= {"GIT_COMMITTER_NAME": "nightlab", "GIT_COMMITTER_EMAIL": "nightlab@
 # Settings under which `git add` would store something other than the file's bytes, or a commit look different.
 SLOW_CONFIG = {"core.autocrlf": ("", "false"), "core.attributesfile": ("",), "core.filemode": ("", "true"),
                "core.symlinks": ("", "true"), "core.sharedrepository": ("", "false", "umask", "0"),
-               "i18n.commitencoding": ("", "utf-8", "utf8"), "core.precomposeunicode": ("", "false")}
+               "i18n.commitencoding": ("", "utf-8", "utf8"), "core.precomposeunicode": ("", "false"),
+               "commit.cleanup": ("", "default", "whitespace")}
 
 
 def settings(repo: Path) -> dict[str, str]:
@@ -101,7 +102,7 @@ def _why_slow(config: dict[str, str]) -> str:
     for key, fine in SLOW_CONFIG.items():
         if config.get(key, "").lower() not in fine:
             return f"{key} is set"
-    if ext := [k for k in config if k.startswith("extensions.") and k != "extensions.worktreeconfig"]:
+    if ext := [k for k in config if k.startswith("extensions.")]:  # another hash, ref store, per-worktree config
         return f"{ext[0]} is set"
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     if (xdg / "git" / "attributes").exists():
