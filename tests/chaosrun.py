@@ -25,6 +25,7 @@ POINTS_VERIFY = ["verify.measured"]
 GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
 GIT_VERIFY = ["reset --hard", "clean", "rev-parse"]
 REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
+TRIAL_STEPS = ("trial.", "run.", "git.")  # named points only an invocation that runs a trial reaches
 
 # The scripted agent's ideas: every outcome a trial can have.
 IDEAS = [idea("LR 0.1 -> 0.2 (keep)", sub("LR = 0.1", "LR = 0.2")),
@@ -66,10 +67,14 @@ def project(root: Path, sc: Scenario) -> Project:
     return make_project(root, config=sc.config(), ideas=IDEAS)
 
 
-def pick(rng: random.Random, named: list[str], words: list[str], first: bool, most: int = 1) -> tuple[str, dict]:
+def pick(rng: random.Random, named: list[str], words: list[str], first: bool, most: int = 1,
+         done: bool = False) -> tuple[str, dict]:
     """A kill point: (where, chaos_env arguments). An invocation runs one trial, so the first arrival at a point
     (the first or second git call of a kind that is made several times) is one it reaches; points of a first
-    start only while it has not happened. `most`: arrivals an invocation surely makes at each named point."""
+    start only while it has not happened, a trial's own named points only while trials remain (`done`: none).
+    `most`: arrivals an invocation surely makes at each named point."""
+    if done:
+        named = [n for n in named if not n.startswith(TRIAL_STEPS)]
     if not first:
         named = [n for n in named if not n.startswith("start.")]
         words = [w for w in words if w not in ("worktree add", "branch")]
@@ -106,7 +111,8 @@ def hammer_run(proj: Project, work: Path, rng: random.Random, sc: Scenario, figu
         if landed >= sc.kills:
             break
         target = min(sc.trials, finished(proj))  # finished counts the baseline: trial `finished` is next
-        where, point = pick(rng, named, GIT_RUN, first=not (proj.state() / "ledger.sqlite").exists())
+        where, point = pick(rng, named, GIT_RUN, first=not (proj.state() / "ledger.sqlite").exists(),
+                            done=finished(proj) > sc.trials)
         landed += invoke(proj, work, ["run", "--tag", "t", "--max-trials", str(target)], where, point, figures)
     resumed(proj, "run", "--tag", "t", "--max-trials", str(sc.trials))
 
