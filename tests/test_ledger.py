@@ -6,6 +6,9 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
+from nightlab.errors import UsageError
 from nightlab.ledger import MIGRATIONS, Ledger, TrialRecord
 from nightlab.types import Status
 
@@ -136,5 +139,55 @@ def test_the_screening_value_comes_by_a_named_migration(tmp_path: Path) -> None:
         rec.screen = 1.25
         ledger.save(rec)
         assert ledger.trial(2).screen == 1.25
+    finally:
+        ledger.close()
+
+
+def test_the_rebase_count_comes_by_a_named_migration(tmp_path: Path) -> None:
+    ledger = old_ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert "trials.rebases" in ledger.migrations()
+        assert [t.rebases for t in ledger.trials()] == [0] * 3  # an older nightlab never persisted one
+        rec = ledger.trial(2)
+        rec.rebases = 2
+        ledger.save(rec)
+        assert ledger.trial(2).rebases == 2 and ledger.trial(2).public()["rebases"] == 2
+    finally:
+        ledger.close()
+
+
+def test_the_last_trials_are_read_in_order_without_reading_the_rest(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        for n in range(30):
+            ledger.save(TrialRecord(n=n, status=Status.DISCARD, description=f"idea {n}"))
+        assert [t.n for t in ledger.trials(last=4)] == [26, 27, 28, 29] == [t.n for t in ledger.trials()[-4:]]
+        assert len(ledger.trials(last=100)) == 30 and ledger.last().n == 29
+    finally:
+        ledger.close()
+
+
+def test_the_deltas_of_keeps_come_in_order_without_the_others(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        rows = [(Status.BASELINE, None), (Status.KEEP, -0.1), (Status.DISCARD, 0.2), (Status.KEEP, -0.05),
+                (Status.KEEP, None)]
+        for n, (status, delta) in enumerate(rows):
+            ledger.save(TrialRecord(n=n, status=status, delta=delta))
+        assert ledger.deltas(Status.KEEP) == [-0.1, -0.05] and ledger.deltas(Status.DISCARD) == [0.2]
+    finally:
+        ledger.close()
+
+
+def test_a_tag_refuses_a_changed_identity_and_takes_keys_it_did_not_know(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.check_identity({"metric": "val_loss"}, "nightlab.toml")  # a new tag: stored as it is
+        ledger.check_identity({"metric": "val_loss", "goal": "minimize"}, "nightlab.toml")  # a key added since
+        assert ledger.get("identity") == {"metric": "val_loss", "goal": "minimize"}
+        with pytest.raises(UsageError, match=r"^nightlab.toml: goal changed since this tag started "
+                                             r"\('minimize' → 'maximize'\)"):
+            ledger.check_identity({"metric": "val_loss", "goal": "maximize"}, "nightlab.toml")
+        assert ledger.get("identity")["goal"] == "minimize"
     finally:
         ledger.close()

@@ -109,3 +109,17 @@ def test_small_editable_files_are_shown_in_the_brief(tmp_path: Path) -> None:
         return "### train.py\n\n````python\n# pad" in text
 
     assert shown(program.INLINE_BYTES - 100) and not shown(program.INLINE_BYTES + 100)
+
+
+def test_without_phases_the_brief_needs_only_the_last_trials(tmp_path: Path) -> None:
+    # Lab.brief reads only the last RECENT + slots + 1 trials when program.md has no phases: the brief must be the
+    # same as from the whole ledger, however long it is.
+    assert program.has_phases(config(tmp_path))
+    cfg = config(tmp_path)
+    (tmp_path / "program.md").write_text("# Program\n\nMake val_loss smaller.\n")
+    assert not program.has_phases(cfg)
+    trials = ledger(["baseline"] + ["discard", "keep", "crash"] * 30, phase="")
+    window = program.RECENT + cfg.executor.slots + 1
+    whole, windowed = (program.brief(cfg, len(trials), t, best=0.5, noise=None, scratchpad="", failure_tail="")
+                       for t in (trials, trials[-window:]))
+    assert windowed.text == whole.text and f"| {len(trials) - program.RECENT} |" in whole.text

@@ -333,6 +333,34 @@ def test_a_winner_is_rebased_at_most_twice_then_discarded_as_stale(tmp_path: Pat
     assert rows[1]["parent"] == rows[3]["commit_sha"]
 
 
+def test_a_winner_stopped_after_two_rebases_is_not_rebased_a_third_time_on_resume(tmp_path: Path) -> None:
+    # As above, but the session stops as trial 1 is rebased the second time; on resume the best moves on once more.
+    lab = make_lab(tmp_path, loss, slots=2, hold=("1.0", "1.1"))
+    lab.agent = Knobs({1: {"C": 0.3}, 2: {"A": 0.05}, 3: {"A": 0.1}, 4: {"A": 0.15}},
+                      {n: (lambda k=f"1.{n - 2}": lab.fake.wait_submitted(k)) for n in (2, 3)})
+    for n in (2, 3):
+        lab.hooks[(Event.DONE, n)] = lambda k=f"1.{n - 2}": lab.fake.release(k)
+    rebased: list[int] = []
+
+    def second_rebase_stops() -> None:
+        rebased.append(1)
+        if len(rebased) == 2:
+            raise KeyboardInterrupt
+
+    lab.hooks[(Event.REBASE, 1)] = second_rebase_stops
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(max_trials=3)
+    assert [(r["status"], r["rebases"]) for r in lab.trials()][1:] == [("running", 2), ("keep", 0), ("keep", 0)]
+    lab.fake = FakeExecutor(loss, slots=2, hold=("1.0",))  # a resumed trial's runs start again at 0
+    lab.agent.gates = {4: lambda: lab.fake.wait_submitted("1.0")}
+    lab.hooks = {(Event.DONE, 4): lambda: lab.fake.release("1.0")}
+    assert lab.run(max_trials=4) == "reached --max-trials 4"
+    rows = check_git(lab)
+    assert [r["status"] for r in rows] == ["baseline", "discard", "keep", "keep", "keep"]
+    assert rows[1]["reason"] == "stale: the best moved on while it ran (trial 4)" and rows[1]["rebases"] == 2
+    assert lab.fake.ids(1) == ["1.0a0s2"]  # run once on trial 3's code, not rebased a third time
+
+
 # -- stopped and resumed ------------------------------------------------------------------------------------
 def interrupt() -> None:
     raise KeyboardInterrupt

@@ -33,9 +33,9 @@ class Baseline(Trial):
             return per_example.mismatch(self.examples[0], out.examples)
         return "per-example values reported by only some runs" if self.rec.runs and out.examples else ""
 
-    def _failed(self, out: RunOutcome) -> Next:
+    def _failed(self, status: Status, reason: str) -> Next:
         self.lab.ledger.delete(0)
-        raise RunCrashed(f"the baseline failed ({out.status}: {out.reason}); fix it before searching "
+        raise RunCrashed(f"the baseline failed ({status}: {reason}); fix it before searching "
                          f"(see {self.lab.run_dir(0)}/run.log)")
 
     def judge(self) -> Next:

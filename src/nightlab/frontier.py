@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nightlab.ledger import TrialRecord, best_of
+from nightlab.ledger import Ledger, TrialRecord, best_of
 from nightlab.types import Metric, Status
 
 CHAIN = (Status.BASELINE, Status.KEEP)
@@ -69,6 +69,12 @@ def from_near_miss(trials: list[TrialRecord], parent: str) -> bool:
     return bool(parent) and not any(t.commit_sha == parent for t in trials if t.status in CHAIN)
 
 
+def chosen(policy: str, ledger: Ledger, parent: str) -> bool:
+    """Whether a trial starts from a near-miss the frontier policy chose (under greedy every parent is a best:
+    nothing is read per trial)."""
+    return policy == "frontier" and from_near_miss(ledger.trials(), parent)
+
+
 def lineage(trials: list[TrialRecord], commit: str) -> list[TrialRecord]:
     """The trials that led to `commit`, from the baseline to the one that made it."""
     by_commit = {t.commit_sha: t for t in trials if t.commit_sha}
@@ -77,6 +83,11 @@ def lineage(trials: list[TrialRecord], commit: str) -> list[TrialRecord]:
         chain.append(t)
         commit = t.parent
     return chain[::-1]
+
+
+def starting_note(policy: str, ledger: Ledger, parent: str, metric: Metric) -> str:
+    """The brief's note on where a trial starts (greedy trials start from the best: nothing to say, nothing read)."""
+    return brief_note(ledger.trials(), parent, metric) if policy == "frontier" else ""
 
 
 def brief_note(trials: list[TrialRecord], parent: str, metric: Metric) -> str:

@@ -11,13 +11,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nightlab import metrics, per_example, program
+from nightlab import crashpoint, metrics, per_example, program
 from nightlab.agents import Agent, capable, reply
 from nightlab.config import Config
 from nightlab.executors import Job
 from nightlab.ledger import Ledger, TrialRecord
 from nightlab.runspec import run_spec
-from nightlab.types import Brief, Event, Proposal, Status
+from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
 from nightlab.views import Tsv
 from nightlab.workspace import Workspace
 
@@ -56,7 +56,10 @@ class Lab:
         with the end of the last trial's log when it crashed or timed out."""
         pad = ws.dir / self.cfg.project.scratchpad
         scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
-        trials = self.ledger.trials()
+        # Without phases the brief shows the last RECENT trials and the last failure, one of the last few: a read
+        # that does not grow with the ledger. Phase gates count a whole phase's trials.
+        window = None if program.has_phases(self.cfg) else program.RECENT + self.cfg.executor.slots + 1
+        trials = self.ledger.trials(last=window)
         return program.brief(self.cfg, n, trials, self.best().metric, self.noise(), scratchpad,
                              self._failure_tail(trials) if tail else "", self.ledger.get("eval_se"), ws.dir,
                              reply(self.agent))
@@ -92,14 +95,35 @@ class Lab:
 
     def job(self, rec: TrialRecord, tree: Workspace, k: int, attempt: int, slot: int,
             budget_s: float | None = None) -> Job:
-        """Run k of a trial's commit as `tree` holds it, with the editable files by value for remote workers."""
+        """Run k of a trial's commit as `tree` holds it, with the editable files by value for remote workers; the
+        ledger holds it as running before it starts."""
         here, run_dir = tree.dir, self.run_dir(rec.n, k)
         tree.lend()  # a run may write in it (the process sandbox does not stop it)
         if attempt:  # what the lost attempt left (run 0 shares its directory with the proposal and later runs)
             clear(run_dir, keep=lambda name: k == 0 and (name in PROPOSAL_FILES or name.startswith("repeat-")))
         spec = run_spec(self.cfg, here, run_dir, seed=rec.seed + k, trial=rec.n, budget_s=budget_s)
         files = {f: (here / f).read_bytes() for f in self.cfg.project.editable if (here / f).is_file()}
-        return Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+        job = Job(id=f"{rec.n}.{k}a{attempt}s{self.session}", spec=spec, slot=slot, files=files)
+        self.ledger.run_started(job.id, rec.n, k, attempt, slot)
+        crashpoint.reached("run.started")
+        return job
+
+    def finished(self, rec: TrialRecord, out: RunOutcome) -> None:
+        """A run's end on record, whatever it was (a lost or failed run took time and hardware too)."""
+        self.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(self.cfg.metric.name), out.seconds,
+                                 out.reason, out.hardware, out.host)
+        crashpoint.reached("run.finished")
+        rec.add_run(out.seconds, out.hardware)
+
+    def drop(self, n: int) -> None:
+        """Trial n never happened: its row and its run outputs go (it is proposed again, or not at all)."""
+        self.ledger.delete(n)
+        shutil.rmtree(self.run_dir(n), ignore_errors=True)
+
+    def paired_se(self, examples: list[per_example.Examples], n: int) -> float | None:
+        """The standard error of the per-example difference between runs' values and trial n's (None: unpaired)."""
+        mine, theirs = per_example.average(examples), self.examples(n)
+        return per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
 
     def forget_runs(self, n: int) -> None:
         """Trial n's run outputs, all of them (its runs start again); what the agent made for it stays."""

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS trials (
     started REAL, finished REAL, hardware TEXT,
     agent_seconds REAL, agent TEXT,
     audit TEXT NOT NULL DEFAULT '', findings TEXT,  -- the audit's verdict and findings (audit.py)
-    screen REAL
+    screen REAL, rebases INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS runs (     -- one row per job an executor ran: per-slot activity, retries of lost runs
     job TEXT PRIMARY KEY, trial INTEGER NOT NULL, k INTEGER NOT NULL, attempt INTEGER NOT NULL, slot INTEGER,
@@ -70,6 +70,7 @@ MIGRATIONS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "trials.audit": _add_column("trials", "audit", "TEXT NOT NULL DEFAULT ''"),
     "trials.findings": _add_column("trials", "findings", "TEXT"),
     "trials.screen": _add_column("trials", "screen", "REAL"),
+    "trials.rebases": _add_column("trials", "rebases", "INTEGER NOT NULL DEFAULT 0"),
 }
 
 
@@ -100,6 +101,7 @@ class TrialRecord:
     audit: str = ""  # the audit's verdict on its change (an AuditVerdict; "" = not audited)
     findings: list = field(default_factory=list)  # the audit's findings: {check, reason, file, lines}
     screen: float | None = None  # the primary value at [search] screen_budget_s (baseline: the mean of its runs)
+    rebases: int = 0  # times its change was re-applied to a new best (trial.py), kept across a resume
 
     def add_run(self, seconds: float, hardware: str) -> None:
         """Any run's time and hardware (a lost or failed one took them too)."""
@@ -112,6 +114,10 @@ class TrialRecord:
         done = len(self.runs)
         self.metrics = {m: (self.metrics.get(m, v) * done + v) / (done + 1) for m, v in values.items()}
         self.runs.append(values[metric])
+
+    def start_over(self) -> None:
+        """Its runs measured other code (it was rebased, or resumed): they are run again from scratch."""
+        self.runs, self.metrics, self.metric, self.delta = [], {}, None, None
 
     def public(self) -> dict:
         """The `nightlab log --json` object for this trial."""
@@ -176,16 +182,13 @@ class Ledger:
 
     def check_identity(self, identity: dict[str, object], source: str) -> None:
         """Refuse to resume a tag whose metric, goal or editable set changed since it started."""
-        stored = self.get("identity")
-        if stored is None:
-            self.set_meta(identity=identity)
-            return
-        if missing := {k: v for k, v in identity.items() if k not in stored}:  # a tag from before the key existed
-            self.set_meta(identity=stored | missing)
-            stored = stored | missing
+        stored = self.get("identity") or {}
+        merged = identity | stored  # a new tag, or one from before a key existed, takes the key as it is now
+        if merged != stored:
+            self.set_meta(identity=merged)
         for key, value in identity.items():
-            if stored.get(key) != value:
-                raise UsageError(f"{source}: {key} changed since this tag started ({stored.get(key)!r} → {value!r}); "
+            if merged[key] != value:
+                raise UsageError(f"{source}: {key} changed since this tag started ({merged[key]!r} → {value!r}); "
                                  "start a new --tag or restore the setting")
 
     # -- trials ---------------------------------------------------------------------------
@@ -224,8 +227,11 @@ class Ledger:
         with self.db:
             self.db.execute("DELETE FROM examples WHERE trial = ?", (trial,))
 
-    def trials(self) -> list[TrialRecord]:
-        return self._records("ORDER BY n")
+    def trials(self, last: int | None = None) -> list[TrialRecord]:
+        """Every trial in order, or only the `last` ones (a read whose cost does not grow with the ledger)."""
+        if last is None:
+            return self._records("ORDER BY n")
+        return self._records("ORDER BY n DESC LIMIT ?", last)[::-1]
 
     def _records(self, where: str, *params: object) -> list[TrialRecord]:
         cur = self.db.execute(f"SELECT * FROM trials {where}", params)
@@ -244,9 +250,8 @@ class Ledger:
     def trial(self, n: int) -> TrialRecord | None:
         return next(iter(self._records("WHERE n = ?", n)), None)
 
-    def last(self) -> TrialRecord | None:
-        """The trial with the highest number."""
-        return next(iter(self._records("ORDER BY n DESC LIMIT 1")), None)
+    def last(self) -> TrialRecord | None:  # the trial with the highest number
+        return next(iter(self.trials(last=1)), None)
 
     def best(self) -> TrialRecord | None:
         """The current best: the last baseline or keep (None before the baseline finished)."""
@@ -258,6 +263,11 @@ class Ledger:
         row = self.db.execute("SELECT reason FROM trials WHERE status = ? ORDER BY n DESC LIMIT 1",
                               (status,)).fetchone()
         return row[0] or "" if row else ""
+
+    def deltas(self, status: str) -> list[float]:
+        """The delta of every trial with `status` that has one, in order (read without the rest of the rows)."""
+        rows = self.db.execute("SELECT delta FROM trials WHERE status = ? AND delta IS NOT NULL ORDER BY n", (status,))
+        return [row[0] for row in rows]
 
     def total(self, column: Literal["cost_usd", "seconds"]) -> float:
         """A sum over every trial: what the agent cost, or the seconds of runs (a study's compute budget)."""
@@ -278,9 +288,7 @@ class Ledger:
                                                           time.time(), job))
 
     def runs(self) -> list[dict]:
-        cur = self.db.execute("SELECT * FROM runs ORDER BY started")
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return _dicts(self.db.execute("SELECT * FROM runs ORDER BY started"))
 
     def interrupt_runs(self) -> None:
         """Runs left 'running' by a stopped nightlab: they ended with it."""
@@ -302,9 +310,7 @@ class Ledger:
 
     def latest_verify(self) -> list[dict] | None:
         """The rows of the most recent `nightlab verify`, as stored (None if it was never run)."""
-        cur = self.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid")
-        names = [c[0] for c in cur.description]
-        rows = [dict(zip(names, values)) for values in cur]
+        rows = _dicts(self.db.execute("SELECT * FROM verify WHERE run = (SELECT MAX(run) FROM verify) ORDER BY rowid"))
         for r in rows:
             for k in _VERIFY_JSON:
                 r[k] = json.loads(r[k]) if r[k] else []
@@ -326,3 +332,9 @@ class Ledger:
 def best_of(trials: list[TrialRecord]) -> TrialRecord | None:
     """The last baseline or keep of `trials` (every keep beats the best before it)."""
     return next((t for t in reversed(trials) if t.status in (Status.BASELINE, Status.KEEP)), None)
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict]:
+    """A query's rows as {column: value}."""
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, row)) for row in cur]

@@ -7,7 +7,6 @@ reached, and hands each trial what finished. With one slot it is the seed's sequ
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,12 +125,12 @@ class Loop:
             if rec.status != Status.RUNNING:
                 continue
             if rec.n == 0 or not rec.commit_sha:  # started again from scratch, proposal and all
-                lab.ledger.delete(rec.n)
-                shutil.rmtree(lab.run_dir(rec.n))
+                lab.drop(rec.n)
                 continue
             lab.forget_runs(rec.n)  # its brief, transcript and diff stay: the proposal is not made again
             lab.ledger.forget_examples(rec.n)
-            rec.runs, rec.metrics, rec.seconds = [], {}, 0.0
+            rec.start_over()
+            rec.seconds = 0.0
             self.scheduler.add(Trial(lab, rec, pending=1))
         best = lab.ledger.best()
         if best:

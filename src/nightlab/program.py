@@ -75,6 +75,10 @@ def read_program(cfg: Config) -> tuple[str, list[Phase]]:
     return parse(path.read_text(errors="replace")) if path.is_file() else ("", [])  # any encoding: it is prose
 
 
+def has_phases(cfg: Config) -> bool:
+    return bool(read_program(cfg)[1])
+
+
 def ensure_scratchpad(workdir: Path, name: str) -> None:
     path = workdir / name
     if not path.exists():

@@ -77,7 +77,7 @@ def _gain(lab: Lab, rec: TrialRecord) -> audit.Gain | None:
     if rec.delta is None:
         return None
     sign = -1.0 if lab.cfg.metric.goal == "minimize" else 1.0
-    earlier = [sign * t.delta for t in lab.ledger.trials() if t.status == Status.KEEP and t.delta is not None]
+    earlier = [sign * delta for delta in lab.ledger.deltas(Status.KEEP)]
     return audit.Gain(sign * rec.delta, earlier)
 
 

@@ -10,9 +10,9 @@ screening on, a trial's first run is at the short budget (screening.py) and may 
 
 from __future__ import annotations
 
-import shutil
 import time
 from enum import StrEnum
+from pathlib import Path
 
 from nightlab import crashpoint, frontier, per_example, program, review, screening
 from nightlab.agents import capable
@@ -21,7 +21,7 @@ from nightlab.errors import AgentExhausted, AgentFailed, EditRejected
 from nightlab.executors import Job
 from nightlab.lab import Lab
 from nightlab.ledger import TrialRecord
-from nightlab.types import Brief, Event, Proposal, RunEnd, RunOutcome, Status
+from nightlab.types import Brief, Event, Proposal, RunOutcome, Status
 from nightlab.views import commit_message
 from nightlab.workspace import Workspace
 
@@ -40,7 +40,7 @@ class Trial:
     def __init__(self, lab: Lab, rec: TrialRecord, ws: Workspace | None = None, pending: int = 0,
                  budget_s: float | None = None) -> None:
         self.lab, self.rec, self.ws, self.budget_s = lab, rec, ws, budget_s
-        self.pending, self.running, self.rebases = pending, 0, 0
+        self.pending, self.running = pending, 0
         self.next_k = 0  # run index; keeps growing across rebases, so no run directory is reused
         self.retry: list[int] = []  # lost runs to start again
         self.lost: dict[int, int] = {}  # times each run was lost
@@ -60,8 +60,7 @@ class Trial:
         self.tree.reset(rec.parent, unless_clean=True)  # where the last trial's record left it, most often
         program.ensure_scratchpad(self.tree.dir, lab.cfg.project.scratchpad)
         brief = lab.brief(rec.n, self.tree, tail=True)
-        if lab.cfg.search.policy == "frontier":  # greedy trials start from the best: nothing to say, nothing to read
-            brief.text += frontier.brief_note(lab.ledger.trials(), rec.parent, lab.cfg.primary)
+        brief.text += frontier.starting_note(lab.cfg.search.policy, lab.ledger, rec.parent, lab.cfg.primary)
         rec.phase = brief.phase
         lab.ledger.save(rec)
         lab.notify(Event.PROPOSE, rec)
@@ -73,11 +72,10 @@ class Trial:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
         rec, ws, out = self.rec, self.tree, self.lab.run_dir(self.rec.n)
         proposal = self.lab.ask(ws, brief, rec)
-        (out / "agent.log").write_text(proposal.transcript)
+        _spent(rec, proposal, out)
         rec.hypothesis = proposal.hypothesis
-        rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
         try:
-            rec.commit_sha, patch = self._commit(proposal, "(no description)")
+            rec.commit_sha, patch = _commit(rec, ws, proposal, "(no description)")
         except EditRejected as e:
             (out / "diff.patch").write_text(getattr(e, "diff", ""))  # the refused attempt stays on record
             raise
@@ -87,14 +85,11 @@ class Trial:
     def proposed(self, error: BaseException | None) -> Next:
         lab, rec = self.lab, self.rec
         if isinstance(error, (AgentFailed, EditRejected)):
-            if spent := getattr(error, "proposal", None):  # a failed attempt still costs tokens
-                (lab.run_dir(rec.n) / "agent.log").write_text(spent.transcript)
-                rec.cost_usd, rec.tokens_in, rec.tokens_out = spent.cost_usd, spent.tokens_in, spent.tokens_out
+            _spent(rec, getattr(error, "proposal", None), lab.run_dir(rec.n))  # a failed attempt still costs tokens
             rec.status, rec.reason = Status.REJECTED, str(error)
             return Next.RECORD
         if isinstance(error, AgentExhausted):
-            lab.ledger.delete(rec.n)
-            shutil.rmtree(lab.run_dir(rec.n), ignore_errors=True)
+            lab.drop(rec.n)
             if self.ws is lab.ws:
                 lab.ws.reset(rec.parent)
             rec.reason = str(error)
@@ -123,8 +118,6 @@ class Trial:
             k, self.next_k, self.pending = self.next_k, self.next_k + 1, self.pending - 1
         attempt = self.lost.get(k, 0)
         job = lab.job(rec, self.tree, k, attempt, slot, screening.budget(lab.cfg) if self.screening else self.budget_s)
-        lab.ledger.run_started(job.id, rec.n, k, attempt, slot)
-        crashpoint.reached("run.started")
         if not rec.runs and self.running == 0 and not attempt:
             lab.notify(Event.RUN, rec)
         self.running += 1
@@ -133,10 +126,7 @@ class Trial:
     def ran(self, k: int, out: RunOutcome) -> Next:
         rec, lab, name = self.rec, self.lab, self.lab.cfg.metric.name
         self.running -= 1
-        lab.ledger.run_finished(out.job, out.status or RunEnd.OK, out.values.get(name), out.seconds, out.reason,
-                                out.hardware, out.host)
-        crashpoint.reached("run.finished")
-        rec.add_run(out.seconds, out.hardware)
+        lab.finished(rec, out)
         if out.status == Status.LOST:
             self.lost[k] = self.lost.get(k, 0) + 1
             if self.lost[k] <= LOST_RETRIES:
@@ -146,7 +136,7 @@ class Trial:
         if out.status is None and (why := self._unpaired(out)):
             out.status, out.reason = Status.INVALID, why
         if out.status is not None:
-            return self._failed(out)
+            return self._failed(out.status, out.reason)
         if self.screening:
             return self.screened(out.values[name])
         rec.add_values(out.values, name)
@@ -155,14 +145,12 @@ class Trial:
             lab.ledger.save_examples(rec.n, k, out.examples)
         return self.judge()
 
-    def _unpaired(self, out: RunOutcome) -> str:
-        """Per-example values that cannot be paired with the baseline's: the trial cannot be judged fairly."""
+    def _unpaired(self, out: RunOutcome) -> str:  # per-example values it cannot pair with the baseline's: unjudgeable
         return per_example.mismatch(self.lab.examples(0), out.examples)
 
-    def _failed(self, out: RunOutcome) -> Next:
-        assert out.status is not None, "only a failed run gets here"
-        why = f"lost {LOST_RETRIES + 1} times ({out.reason})" if out.status == Status.LOST else out.reason
-        self.rec.status, self.rec.reason = out.status, why
+    def _failed(self, status: Status, reason: str) -> Next:
+        why = f"lost {LOST_RETRIES + 1} times ({reason})" if status == Status.LOST else reason
+        self.rec.status, self.rec.reason = status, why
         return Next.RECORD
 
     # -- decide -------------------------------------------------------------------------------------------
@@ -180,10 +168,8 @@ class Trial:
         """Keep, discard, or run again: against the best as it is when this run ended."""
         lab, rec, best = self.lab, self.rec, self.lab.best()
         assert best.metric is not None, "the best always has its value"
-        mine, theirs = per_example.average(self.examples), lab.examples(best.n)
-        eval_se = per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
         d = decide(lab.cfg.primary, rec.runs, best.metric, lab.noise(), lab.cfg.keep, distinct(best.runs) or None,
-                   eval_se)
+                   lab.paired_se(self.examples, best.n))
         if d.verdict == Verdict.CONFIRM:
             lab.notify(Event.CONFIRM, rec)
             self.pending += 1
@@ -194,54 +180,29 @@ class Trial:
         rec.status = review.audited(lab, rec, Status.KEEP if d.verdict == Verdict.KEEP else Status.DISCARD)
         return Next.RECORD
 
-    def chosen(self) -> bool:
-        """Whether it starts from a near-miss the frontier policy chose: it runs from there and is never rebased."""
-        frontier_policy = self.lab.cfg.search.policy == "frontier"  # else every parent is a best: no reads per trial
-        return frontier_policy and frontier.from_near_miss(self.lab.ledger.trials(), self.rec.parent)
+    def chosen(self) -> bool:  # started from a near-miss the frontier policy chose: never rebased
+        return frontier.chosen(self.lab.cfg.search.policy, self.lab.ledger, self.rec.parent)
 
     def rebase(self) -> bool:
         """Re-apply the trial's change to the current best, to be run from scratch; False: discarded instead."""
         lab, rec, best = self.lab, self.rec, self.lab.best()
-        new = None if self.rebases >= MAX_REBASES else self._reapply(best)
+        new = None if rec.rebases >= MAX_REBASES else _reapply(lab, rec, self.tree, best)
         if new is None:
-            why = ("the best moved on while it ran" if self.rebases >= MAX_REBASES
+            why = ("the best moved on while it ran" if rec.rebases >= MAX_REBASES
                    else "its change no longer applies to the best")
             rec.status, rec.reason = Status.DISCARD, f"stale: {why} (trial {best.n})"
             self.tree.reset(rec.commit_sha)  # its commit keeps its own change, not the best's
             return False
-        self.rebases += 1
+        rec.rebases += 1
         rec.parent, rec.commit_sha, rec.reason = best.commit_sha, new, f"rebased onto trial {best.n}"
-        rec.runs, rec.metrics, rec.metric, rec.delta, self.examples = [], {}, None, None, []
+        rec.start_over()
+        self.examples = []
         lab.ledger.forget_examples(rec.n)
         self.pending = 1
         (lab.run_dir(rec.n) / "diff.patch").write_text(self.tree.patch(new))
         lab.ledger.save(rec)
         lab.notify(Event.REBASE, rec)
         return True
-
-    def _reapply(self, best: TrialRecord) -> str | None:
-        """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already).
-
-        An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not
-        a diff) is asked again on the new best; any other trial's commit is cherry-picked.
-        """
-        rec, ws, told = self.rec, self.tree, self.rec.description
-        if not capable(self.lab.agent, "reproposes"):
-            return ws.rebase(rec.commit_sha, best.commit_sha)
-        ws.reset(best.commit_sha)
-        try:
-            return self._commit(self.lab.ask(ws, self.lab.brief(rec.n, ws), rec), told)[0]  # against the new best
-        except (AgentFailed, EditRejected):
-            rec.description = told
-            ws.reset(best.commit_sha)
-            return None
-
-    def _commit(self, proposal: Proposal, untold: str) -> tuple[str, str]:
-        """The agent's edits, checked, as the trial's commit (its name and patch); the description's first line
-        names it."""
-        self.rec.description = (proposal.description.strip().splitlines() or [untold])[0][:400]
-        files = self.tree.verify_edits()  # a rejected trial keeps its description
-        return self.tree.commit(f"trial {self.rec.n}: {self.rec.description}\n\nstatus: running", list(files))
 
     # -- record -------------------------------------------------------------------------------------------
     def record(self) -> None:
@@ -263,3 +224,36 @@ class Trial:
         lab.agent.observe(rec.n, Status(rec.status), rec.metric)
         lab.notify(Event.DONE, rec)
 
+
+def _reapply(lab: Lab, rec: TrialRecord, ws: Workspace, best: TrialRecord) -> str | None:
+    """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already).
+
+    An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not a diff) is
+    asked again on the new best; any other trial's commit is cherry-picked.
+    """
+    if not capable(lab.agent, "reproposes"):
+        return ws.rebase(rec.commit_sha, best.commit_sha)
+    told = rec.description
+    ws.reset(best.commit_sha)
+    try:
+        return _commit(rec, ws, lab.ask(ws, lab.brief(rec.n, ws), rec), told)[0]  # against the new best
+    except (AgentFailed, EditRejected):
+        rec.description = told
+        ws.reset(best.commit_sha)
+        return None
+
+
+def _commit(rec: TrialRecord, ws: Workspace, proposal: Proposal, untold: str) -> tuple[str, str]:
+    """The agent's edits, checked, as the trial's commit (its name and patch); the description's first line
+    names it."""
+    rec.description = (proposal.description.strip().splitlines() or [untold])[0][:400]
+    files = ws.verify_edits()  # a rejected trial keeps its description
+    return ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", list(files))
+
+
+def _spent(rec: TrialRecord, proposal: Proposal | None, out: Path) -> None:
+    """What an agent's attempt cost, on record whether its proposal is taken or refused."""
+    if proposal is None:  # it failed before it had spent anything we know of
+        return
+    (out / "agent.log").write_text(proposal.transcript)
+    rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out

@@ -115,13 +115,13 @@ class OptunaAgent(Agent):
         if metric is not None and is_finite(metric) and status not in UNTRUSTED:
             study.tell(frozen.number, float(metric))
             return
-        penalty = self._penalty(study)
-        if penalty is None:
+        worse = penalty(self.optuna, study)
+        if worse is None:
             study.tell(frozen.number, state=self.optuna.trial.TrialState.FAIL)
             return
-        # Record the penalty before telling it, so it never passes for a real result in _penalty.
+        # Record the penalty before telling it, so it never passes for a real result in penalty().
         study.set_user_attr(PENALIZED_ATTR, [*study.user_attrs.get(PENALIZED_ATTR, []), frozen.number])
-        study.tell(frozen.number, penalty)
+        study.tell(frozen.number, worse)
 
     # -- study, space and baseline ---------------------------------------------------------------
 
@@ -166,29 +166,12 @@ class OptunaAgent(Agent):
         if not space:
             study.set_user_attr(PENDING_ATTR, float(metric))
             return
-        self._add_baseline(study, space, float(metric))
+        add_baseline(self.optuna, study, space, float(metric))
 
     def _flush_baseline(self, study: Any, space: dict[str, dict]) -> None:
         pending = study.user_attrs.get(PENDING_ATTR)
         if pending is not None:
-            self._add_baseline(study, space, pending)
-
-    def _add_baseline(self, study: Any, space: dict[str, dict], metric: float) -> None:
-        """Add the original values as a completed trial, once."""
-        if not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)):
-            dists = distributions(self.optuna, space)
-            # A config range may exclude the original value; optuna then cannot hold it for that param.
-            params = {k: d["baseline"] for k, d in space.items() if moves.within(d, d["baseline"])}
-            study.add_trial(
-                self.optuna.trial.create_trial(
-                    params=params,
-                    distributions={k: dists[k] for k in params},
-                    value=metric,
-                    user_attrs={BASELINE_ATTR: True},
-                )
-            )
-        if PENDING_ATTR in study.user_attrs:
-            study.set_user_attr(PENDING_ATTR, None)
+            add_baseline(self.optuna, study, space, pending)
 
     # -- proposing -------------------------------------------------------------------------------
 
@@ -203,7 +186,7 @@ class OptunaAgent(Agent):
                 return earlier.number, dict(earlier.params)
             # A small move: the same values of the constants it moved, on whatever state it starts from now
             # (a rebase); recorded as a point of its own when that state differs, so TPE learns what ran.
-            want = {k: v for k, v in self._fixed_now(space, current).items() if k not in moved}
+            want = {k: v for k, v in fixed_now(space, current).items() if k not in moved}
             want |= {k: earlier.params[k] for k in moved if k in earlier.params}
             if want == dict(earlier.params):
                 return earlier.number, want
@@ -245,27 +228,46 @@ class OptunaAgent(Agent):
         study.enqueue_trial(fixed)
         return study.ask(dists), moving
 
-    @staticmethod
-    def _fixed_now(space: dict[str, dict], current: dict[str, Constant]) -> dict[str, Value]:
-        """The current value of each constant that optuna can hold (it lies in its range)."""
-        return {k: current[k].value for k, dim in space.items() if k in current and moves.within(dim, current[k].value)}
 
-    def _penalty(self, study: Any) -> float | None:
-        """A value for a run without a usable metric: the worst real result so far plus a margin.
+def add_baseline(optuna: Any, study: Any, space: dict[str, dict], metric: float) -> None:
+    """Add the original values as a completed trial, once."""
+    if not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)):
+        dists = distributions(optuna, space)
+        # A config range may exclude the original value; optuna then cannot hold it for that param.
+        params = {k: d["baseline"] for k, d in space.items() if moves.within(d, d["baseline"])}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                value=metric,
+                user_attrs={BASELINE_ATTR: True},
+            )
+        )
+    if PENDING_ATTR in study.user_attrs:
+        study.set_user_attr(PENDING_ATTR, None)
 
-        TPE splits trials into good and bad by rank, so the penalty only has to rank last to steer the
-        search away; the small margin keeps it from tying the worst real run without distorting the
-        scale of the study's values. None when nothing real has completed (the trial is told FAIL).
-        """
-        penalized = set(study.user_attrs.get(PENALIZED_ATTR, []))
-        done = self.optuna.trial.TrialState.COMPLETE
-        values = [t.value for t in study.get_trials(deepcopy=False, states=(done,)) if t.number not in penalized]
-        if not values:
-            return None
-        minimize = study.direction == self.optuna.study.StudyDirection.MINIMIZE
-        worst, best = (max(values), min(values)) if minimize else (min(values), max(values))
-        margin = 0.1 * abs(worst - best) or 0.1 * abs(worst) or 1.0
-        return worst + margin if minimize else worst - margin
+
+def penalty(optuna: Any, study: Any) -> float | None:
+    """A value for a run without a usable metric: the worst real result so far plus a margin.
+
+    TPE splits trials into good and bad by rank, so the penalty only has to rank last to steer the
+    search away; the small margin keeps it from tying the worst real run without distorting the
+    scale of the study's values. None when nothing real has completed (the trial is told FAIL).
+    """
+    penalized = set(study.user_attrs.get(PENALIZED_ATTR, []))
+    done = optuna.trial.TrialState.COMPLETE
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(done,)) if t.number not in penalized]
+    if not values:
+        return None
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    worst, best = (max(values), min(values)) if minimize else (min(values), max(values))
+    margin = 0.1 * abs(worst - best) or 0.1 * abs(worst) or 1.0
+    return worst + margin if minimize else worst - margin
+
+
+def fixed_now(space: dict[str, dict], current: dict[str, Constant]) -> dict[str, Value]:
+    """The current value of each constant that optuna can hold (it lies in its range)."""
+    return {k: current[k].value for k, dim in space.items() if k in current and moves.within(dim, current[k].value)}
 
 
 def distributions(optuna: Any, space: dict[str, dict]) -> dict[str, Any]:
