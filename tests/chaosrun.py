@@ -23,7 +23,7 @@ POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "tr
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured"]
 GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
-GIT_VERIFY = ["reset --hard", "clean", "rev-parse"]
+GIT_VERIFY = ["reset --hard", "clean"]  # its HEAD reads are nightlab's own now: fewer rev-parse calls than `most`
 REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
 TRIAL_STEPS = ("trial.", "run.", "git.")  # named points only an invocation that runs a trial reaches
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 import secrets
 import subprocess
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class Objects:
         self.dir = common / "objects"
         self.common = common
         self._cache: dict[str, tuple[bytes, bytes]] = {}
+        self._lock = threading.Lock()  # an agent's thread commits while the main one records
 
     def read(self, sha: str) -> tuple[bytes, bytes]:
         """(kind, content) of object `sha`."""
@@ -85,9 +87,10 @@ class Objects:
             header, _, data = raw.partition(b"\0")
             got = (header.split(b" ", 1)[0], data)
         if len(got[1]) <= BIG:
-            if len(self._cache) >= CACHED:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[sha] = got
+            with self._lock:
+                if len(self._cache) >= CACHED:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[sha] = got
         return got
 
     def _from_git(self, sha: str) -> tuple[bytes, bytes]:
