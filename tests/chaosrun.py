@@ -25,6 +25,7 @@ POINTS_VERIFY = ["verify.measured"]
 GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
 GIT_VERIFY = ["reset --hard", "clean"]  # its HEAD reads are nightlab's own now: fewer rev-parse calls than `most`
 REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
+LOCKING = {"worktree add", "branch", "reset --hard"}  # git calls with a ref transaction: ":inside" can land there
 TRIAL_STEPS = ("trial.", "run.", "git.")  # named points only an invocation that runs a trial reaches
 
 # The scripted agent's ideas: every outcome a trial can have.
@@ -83,7 +84,7 @@ def pick(rng: random.Random, named: list[str], words: list[str], first: bool, mo
         return name, {"crash_at": f"{name}#{rng.randint(1, most)}"}
     words_at = rng.choice(words)
     k = rng.randint(1, max(2, most)) if words_at in REPEATED else 1
-    mode = rng.choice(["", ":inside"])
+    mode = rng.choice(["", ":inside"]) if words_at in LOCKING else ""  # elsewhere the hook never runs
     return f"git {words_at}{' (inside)' if mode else ''}", {"git_at": f"{words_at}#{k}{mode}"}
 
 
