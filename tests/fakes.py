@@ -1,7 +1,7 @@
 """An in-process executor for scheduler tests: it never trains; the test answers each run and says when.
 
-Each submitted Job is answered by a function of the test, `answer(job) -> RunOutcome` (see `ok`, `lost`
-and `knobs`). Answers go out one at a time, oldest job first: the next is answered only once the loop
+Each submitted Job is answered by a function of the test, `answer(job) -> RunOutcome` (see `ok`, `lost`,
+`failed` and `knobs`). Answers go out one at a time, oldest job first: the next is answered only once the loop
 has read the previous one (`Future.result()`), so the loop's `wait()` never sees two finished runs at
 once and a multi-slot interleaving does not depend on which thread wins. A job whose key ("n.k": trial
 n, run k, any attempt) is in `hold` waits until the test calls `release(key)`, e.g. from its notify
@@ -53,6 +53,13 @@ def ok(job: Job, value: float, metric: str = "val_loss") -> RunOutcome:
 
 def lost(job: Job, reason: str = "the worker died") -> RunOutcome:
     return RunOutcome(job=job.id, status=Status.LOST, reason=reason, slot=job.slot, host="fake", hardware="cpu")
+
+
+def failed(job: Job, status: Status = Status.CRASH, reason: str = "exit code 1", log: str = "") -> RunOutcome:
+    """A run that ended badly through the candidate's fault, leaving `log` as its run.log."""
+    (job.spec.run_dir / "run.log").write_text(log)
+    return RunOutcome(job=job.id, status=status, reason=reason, seconds=1.0, slot=job.slot, host="fake",
+                      hardware="cpu")
 
 
 @dataclass

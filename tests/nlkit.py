@@ -146,7 +146,8 @@ def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
     return proc.stdout.strip()
 
 
-CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]
+CLI = [sys.executable, "-c", "from nightlab.entry import main; main()"]  # the `nightlab` command, as installed
+FULL_CLI = [sys.executable, "-c", "from nightlab.cli import main; main()"]  # its typer CLI, without the quick path
 
 
 def in_pty(args: list[str], cwd: Path, env: dict[str, str], columns: int = 120, lines: int = 40,
@@ -372,7 +373,8 @@ def check_consistent(proj: Project) -> list[dict]:
                                                   "refs/nightlab/t/").splitlines())
     committed = [r for r in rows if r["commit_sha"]]
     assert {f"refs/nightlab/t/trial-{r['n']}": r["commit_sha"] for r in committed} == refs
-    chain = [r for r in rows if r["status"] in ("baseline", "keep")]
+    # in the order they were recorded: a trial rebased onto a later-numbered keep may be kept after it
+    chain = sorted((r for r in rows if r["status"] in ("baseline", "keep")), key=lambda r: (r["finished"], r["n"]))
     assert proj.git("rev-parse", "nightlab/t") == chain[-1]["commit_sha"]
     for before, after in zip(chain, chain[1:]):
         assert proj.git("rev-parse", f"{after['commit_sha']}^") == before["commit_sha"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nightlab.stats import betainc, compare, t_quantile, t_two_sided_p
+from nightlab.stats import betainc, compare, compare_paired, t_quantile, t_two_sided_p
 from nightlab.types import Metric
 
 
@@ -47,3 +47,20 @@ def test_comparison_follows_the_goal_and_edge_cases() -> None:
     assert single.effect == 0.75 and single.p_value is None and single.ci_low is None
     noisy = compare(Metric("m"), [1.0, 1.2, 0.8, 1.1], [1.05, 0.95, 1.15, 0.85])
     assert noisy.p_value > 0.5 and noisy.ci_low < 0 < noisy.ci_high
+
+
+def test_a_paired_comparison_adds_the_evaluation_noise_to_the_seed_noise() -> None:
+    loss = Metric("loss", "minimize")
+    # one run a side: no seed noise is known, the evaluation's alone makes the interval (df ~ a large split)
+    one = compare_paired(loss, [1.0], [0.95], eval_se=0.01)
+    assert (one.n_ref, one.n, one.effect) == (1, 1, pytest.approx(0.05)) and one.cohens_d is None
+    assert (one.ci_low, one.ci_high) == pytest.approx((0.05 - 0.0196, 0.05 + 0.0196), abs=1e-4)
+    assert one.p_value == pytest.approx(t_two_sided_p(5.0, 1e6))
+    # with seed noise too, the interval around the same effect is wider than the seed noise's alone
+    ref, runs = [1.0, 1.1, 0.9], [0.5, 0.6, 0.4]
+    seed, both = compare(loss, ref, runs), compare_paired(loss, ref, runs, eval_se=0.1)
+    assert both.effect == seed.effect and both.cohens_d == seed.cohens_d
+    assert both.ci_low < seed.ci_low < seed.ci_high < both.ci_high
+    assert both.ci_high - both.ci_low > 2 * 1.96 * math.sqrt(0.02 / 3 + 0.01)  # se of both parts, df > 4
+    # exact runs and an exact evaluation: nothing to add
+    assert compare_paired(loss, [2.0, 2.0], [1.0, 1.0], eval_se=0.0) == compare(loss, [2.0, 2.0], [1.0, 1.0])

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from nightlab.errors import UsageError
-
 if TYPE_CHECKING:
     from nightlab.config import Config
     from nightlab.ledger import Ledger
@@ -42,12 +40,7 @@ def tag_of(cfg: Config, tag: str | None) -> str:
 
 
 def existing(cfg: Config, tag: str) -> Ledger:
-    from nightlab import project
     from nightlab.ledger import Ledger
+    from nightlab.tags import ledger_path
 
-    path = project.state_dir(cfg, tag) / "ledger.sqlite"
-    if not path.exists():
-        raise UsageError(f"no run with tag {tag!r} in {cfg.root} (start one with `nightlab run --tag {tag}`)")
-    return Ledger(path)
-
-
+    return Ledger(ledger_path(cfg.root, tag))

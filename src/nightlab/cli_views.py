@@ -14,16 +14,13 @@ if TYPE_CHECKING:
 
 def status(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt = False) -> None:
     """Where a run stands: trials, kept, best, delta vs baseline, the last 10 trials."""
-    from nightlab import project, views
+    from nightlab import project
+    from nightlab.status_data import status_object
 
     cfg = load_config(config_path)
     tag = tag_of(cfg, tag)
     if as_json:
-        ledger = existing(cfg, tag)
-        data = views.status_json(cfg, tag, ledger.trials(), ledger.get("noise"), f"nightlab/{tag}",
-                                 views.evidence(ledger))
-        slots = views.slots_of(ledger, always=True, queue=views.queued(project.state_dir(cfg, tag)))
-        print(json.dumps(data | {"verify": ledger.latest_verify(), "slots": slots}))
+        print(json.dumps(status_object(cfg, tag, existing(cfg, tag), project.state_dir(cfg, tag))))
         return
     show_status(cfg, tag)
 
@@ -49,7 +46,9 @@ def log_cmd(config_path: ConfigOpt = None, tag: TagOpt = None, as_json: JsonOpt 
     cfg = load_config(config_path)
     trials = existing(cfg, tag_of(cfg, tag)).trials()
     if as_json:
-        print(json.dumps([t.public() for t in trials]))
+        from nightlab.status_data import log_json
+
+        print(json.dumps(log_json(trials)))
     else:
         from nightlab import views
 

@@ -10,11 +10,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from nightlab.config_file import CONFIG_NAME as CONFIG_NAME  # re-exported: its home is config_file.py
+from nightlab.config_file import find_config
 from nightlab.errors import UsageError
 from nightlab.plugins import EXECUTORS, SANDBOXES, is_path
 from nightlab.types import Metric
-
-CONFIG_NAME = "nightlab.toml"
 
 
 class Section(BaseModel):
@@ -299,16 +299,6 @@ def same_but_endpoint(a: str, b: str) -> bool:
             if not agent:
                 del t["agent"]
     return tables[0] == tables[1]
-
-
-def find_config(start: Path | None = None) -> Path:
-    here = (start or Path.cwd()).resolve()
-    if ".nightlab" in here.parts:  # inside a tag's worktree: its nightlab.toml is a copy; the project is above
-        here = Path(*here.parts[:here.parts.index(".nightlab")])
-    for d in [here, *here.parents]:
-        if (d / CONFIG_NAME).is_file():
-            return d / CONFIG_NAME
-    raise UsageError(f"no {CONFIG_NAME} in {here} or its parents (run `nightlab init` first, or pass --config FILE)")
 
 
 def load(path: Path | None = None) -> Config:

@@ -23,9 +23,12 @@ import math
 import statistics
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from nightlab.config import KeepConfig
 from nightlab.types import Metric
+
+if TYPE_CHECKING:  # the schema (pydantic) is not needed to decide: `nightlab status` reads evidence_note
+    from nightlab.config import KeepConfig
 
 
 class Verdict(StrEnum):

@@ -40,6 +40,7 @@ class Loop:
         self.scheduler = Scheduler(executor, ws, pipeline)
         self.failures = 0  # proposals rejected in a row
         self.stop: str | None = None
+        self.redo: list[int] = []  # proposals cut short below a trial that was committed: made again under their n
 
     def run(self, limits: Limits) -> str:
         """Run trials until a limit; returns why it stopped. Ctrl-C propagates after the ledger is consistent."""
@@ -83,7 +84,7 @@ class Loop:
         may run in another thread."""
         last = self.lab.ledger.last()
         assert last is not None, "the baseline is recorded first"
-        n = last.n + 1
+        n = self.redo.pop(0) if self.redo else last.n + 1
         rec = TrialRecord(n=n, parent=self._start().commit_sha, seed=1000 * n,
                           agent=describe(self.lab.agent, self.lab.cfg))
         trial = Trial(self.lab, rec, self.scheduler.worktree())
@@ -100,7 +101,7 @@ class Loop:
     def _limit(self, limits: Limits, start: float) -> str | None:
         cfg, ledger = self.lab.cfg, self.lab.ledger
         last = ledger.last()
-        if limits.max_trials is not None and last is not None and last.n >= limits.max_trials:
+        if limits.max_trials is not None and last is not None and last.n - len(self.redo) >= limits.max_trials:
             return f"reached --max-trials {limits.max_trials}"
         if limits.hours is not None and time.monotonic() - start >= limits.hours * 3600:
             return f"reached --hours {limits.hours:g}"
@@ -126,12 +127,15 @@ class Loop:
                 continue
             if rec.n == 0 or not rec.commit_sha:  # started again from scratch, proposal and all
                 lab.drop(rec.n)
+                self.redo += [rec.n] if rec.n else []
                 continue
             lab.forget_runs(rec.n)  # its brief, transcript and diff stay: the proposal is not made again
             lab.ledger.forget_examples(rec.n)
             rec.start_over()
             rec.seconds = 0.0
             self.scheduler.add(Trial(lab, rec, pending=1))
+        top = lab.ledger.last()  # a number past it is given again anyway
+        self.redo = [n for n in self.redo if top is not None and n < top.n]
         best = lab.ledger.best()
         if best:
             lab.ws.reset(best.commit_sha)

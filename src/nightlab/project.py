@@ -9,12 +9,13 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
+from nightlab import tags
 from nightlab.config import CONFIG_NAME, Config
 from nightlab.errors import UsageError
 from nightlab.sandbox import interpreter_command
+from nightlab.tags import STATE
+from nightlab.tags import check_tag as check_tag  # re-exported: its home is tags.py
 from nightlab.workspace import git, identity_env, ignore_state_dir
-
-STATE = ".nightlab"
 
 
 def state_dir(cfg: Config, tag: str) -> Path:
@@ -23,19 +24,7 @@ def state_dir(cfg: Config, tag: str) -> Path:
 
 def latest_tag(cfg: Config) -> str:
     """The most recently used tag, or `run` on a first run."""
-    def touched(ledger: Path) -> float:  # in WAL mode a live run writes ledger.sqlite-wal, not the file itself
-        return max(p.stat().st_mtime for p in (ledger, ledger.with_name("ledger.sqlite-wal")) if p.exists())
-
-    ledgers = sorted((cfg.root / STATE).glob("*/ledger.sqlite"), key=touched)
-    return ledgers[-1].parent.name if ledgers else "run"
-
-
-def check_tag(tag: str) -> str:
-    bad_ref = ".." in tag or tag.endswith((".", ".lock"))  # git refuses these in a branch name
-    if not tag or not all(c.isalnum() or c in "-_." for c in tag) or tag.startswith(".") or bad_ref:
-        raise UsageError(f"--tag {tag!r}: use letters, digits, '-', '_' or '.' "
-                         "(not '..', nor a trailing '.' or '.lock')")
-    return tag
+    return tags.latest_tag(cfg.root)
 
 
 # -- examples ---------------------------------------------------------------------------------

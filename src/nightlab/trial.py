@@ -209,6 +209,8 @@ class Trial:
         """Its outcome in the commit message, the ledger, results.tsv and the agent; a keep moves the branch."""
         lab, rec = self.lab, self.rec
         rec.finished = time.time()
+        if rec.status == Status.KEEP:  # best() takes the keep recorded last: a clock stepped back must not undo that
+            rec.finished = max(rec.finished, (lab.best().finished or 0.0) + 1e-6)
         if rec.commit_sha:
             if rec.status != Status.BASELINE:  # the baseline's commit is the user's own
                 rec.commit_sha = self.tree.amend(rec.commit_sha, commit_message(rec, lab.best(), lab.noise(),

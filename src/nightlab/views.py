@@ -1,76 +1,37 @@
-"""What a tag shows outside its ledger: `status` and `log` (their `--json` objects, which users' scripts read,
-so keep the fields stable, and their rich tables), results.tsv, and the commit message of each trial."""
+"""What a tag shows outside its ledger: the rich tables of `status` and `log` (their data and cells are in
+status_data.py), results.tsv, and the commit message of each trial."""
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from nightlab import project
 from nightlab.audit import summary
 from nightlab.config import Config
-from nightlab.decide import evidence_note
-from nightlab.ledger import Ledger, TrialRecord, best_of
-from nightlab.types import Status
+from nightlab.ledger import TrialRecord
+from nightlab.status_data import (
+    SLOT_COLUMNS,
+    SLOT_RIGHT,
+    TRIAL_COLUMNS,
+    slot_cells,
+    summary_rows,
+    trial_cells,
+)
 
-STYLE = {"keep": "bold green", "baseline": "bold cyan", "discard": "dim", "crash": "red", "timeout": "red",
-         "rejected": "yellow", "invalid": "magenta", "lost": "dim", "running": "blue", "held": "bold yellow"}
-
-
-def log_json(trials: list[TrialRecord]) -> list[dict]:
-    return [t.public() for t in trials]
-
-
-def evidence(ledger: Ledger) -> dict:
-    """What the keep rule could measure for this tag (known once the baseline finished)."""
-    examples, deterministic, noise = ledger.get("examples"), ledger.get("deterministic"), ledger.get("noise")
-    known = deterministic is not None or noise is not None  # set when the baseline ends (noise alone: an older tag)
-    note = evidence_note(noise, bool(deterministic), examples is not None) if known else None
-    return {"deterministic": bool(deterministic), "examples": examples, "eval_se": ledger.get("eval_se"),
-            "keep_rule": note}
-
-
-def status_json(cfg: Config, tag: str, trials: list[TrialRecord], noise: float | None, branch: str,
-                evidence: dict | None = None) -> dict:
-    base = next((t for t in trials if t.n == 0 and t.status == Status.BASELINE), None)
-    kept = [t for t in trials if t.status == Status.KEEP]
-    best = best_of(trials)
-    done = [t for t in trials if t.n > 0 and t.status != Status.RUNNING]
-    return {
-        "tag": tag,
-        "trials": len(done),
-        "kept": len(kept),
-        "baseline": base.metric if base else None,
-        "best": best.metric if best else None,
-        "best_trial": best.n if best else None,
-        "delta": (best.metric - base.metric) if best and base and best.metric is not None and base.metric is not None
-        else None,
-        "goal": cfg.metric.goal,
-        "metric_name": cfg.metric.name,
-        "noise": noise,
-        "phase": trials[-1].phase if trials else "",
-        "branch": branch,
-        "seconds": sum(t.seconds for t in trials),
-        "agent_seconds": sum(t.agent_seconds for t in trials),
-        "cost_usd": sum(t.cost_usd for t in trials),
-        "running": [t.n for t in trials if t.status == Status.RUNNING],
-        "flagged": [t.n for t in trials if t.audit == "suspicious"],  # by the audit (audit.py), held or not
-        "held": [t.n for t in trials if t.status == Status.HELD],  # waiting for `nightlab accept/reject N`
-        **(evidence or {"deterministic": False, "examples": None, "eval_se": None, "keep_rule": None}),
-    }
-
-
-def fmt(v: float | None, sign: bool = False) -> str:
-    if v is None:
-        return "—"
-    return f"{v:+.5g}" if sign else f"{v:.6g}"
+# the data of status and log, re-exported: callers read them as views.X
+from nightlab.status_data import STYLE as STYLE
+from nightlab.status_data import evidence as evidence
+from nightlab.status_data import fmt as fmt
+from nightlab.status_data import log_json as log_json
+from nightlab.status_data import queued as queued
+from nightlab.status_data import slot_activity as slot_activity
+from nightlab.status_data import slots_of as slots_of
+from nightlab.status_data import status_json as status_json
 
 
 def _cut(text: str) -> Text:
@@ -82,19 +43,15 @@ def trials_table(trials: list[TrialRecord], metric_name: str, title: str = "") -
     """Fits the console it is printed on: no column has a minimum width rich would have to honour past the
     border, and the text columns (metric, phase, description) are the ones that give way, cut in their cells."""
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    columns: list[tuple[str, dict[str, Any]]] = [
-        ("n", {"justify": "right", "no_wrap": True}), ("status", {"no_wrap": True}),
-        (metric_name, {"justify": "right"}), ("delta", {"justify": "right", "no_wrap": True}),
-        ("phase", {"max_width": 20}), ("s", {"justify": "right", "no_wrap": True}), ("description", {})]
-    for col, kw in columns:
-        table.add_column(_cut(col), **kw)
+    options: list[dict[str, Any]] = [{"justify": "right", "no_wrap": True}, {"no_wrap": True}, {"justify": "right"},
+                                     {"justify": "right", "no_wrap": True}, {"max_width": 20},
+                                     {"justify": "right", "no_wrap": True}, {}]
+    for col, kw in zip(TRIAL_COLUMNS, options):
+        table.add_column(_cut(col or metric_name), **kw)
     for t in trials:
-        text = t.description if t.status not in ("crash", "timeout", "rejected", "invalid") else \
-            f"{t.description} [{t.reason}]" if t.description else t.reason
-        if t.findings:
-            text += f" [audit: {summary(t.findings)}]"
-        table.add_row(str(t.n), Text(t.status, style=STYLE.get(t.status, "")), _cut(fmt(t.metric)),
-                      fmt(t.delta, True), _cut(t.phase), f"{t.seconds:.0f}", _cut(text))
+        n, status, metric, delta, phase, seconds, text = trial_cells(t)
+        table.add_row(n, Text(status, style=STYLE.get(status, "")), _cut(metric), delta, _cut(phase), seconds,
+                      _cut(text))
     return table
 
 
@@ -102,82 +59,17 @@ def summary_table(s: dict) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    pct = ""
-    if s["delta"] is not None and s["baseline"]:
-        pct = f" ({100 * s['delta'] / abs(s['baseline']):+.1f}%)"
-    noise = f" ± {s['noise']:.3g}" if s["noise"] else " (deterministic)" if s.get("deterministic") else ""
-    rows = [("tag", f"{s['tag']}  (branch {s['branch']})"),
-            ("trials", f"{s['trials']} after the baseline, {s['kept']} kept"),
-            (s["metric_name"], f"baseline {fmt(s['baseline'])}{noise} → best {fmt(s['best'])} "
-                               f"(trial {s['best_trial']}, delta {fmt(s['delta'], True)}{pct}; {s['goal']})"),
-            ("time", f"{s['seconds'] / 60:.1f} min of runs, {s['agent_seconds'] / 60:.1f} min of the agent"), ]
-    if s.get("examples"):
-        rows.append(("evaluation", f"{s['examples']} examples per run, σ {s['eval_se']:.3g} (paired comparisons)"))
-    if s.get("keep_rule"):
-        warn = "no noise measured" in s["keep_rule"]
-        rows.append(("keep rule", f"[yellow]{escape(s['keep_rule'])}[/]" if warn else escape(s["keep_rule"])))
-    if s.get("flagged"):
-        held = f"; held: {', '.join(map(str, s['held']))} (nightlab accept N / nightlab reject N)" if s["held"] else ""
-        rows.append(("audit", f"[yellow]suspicious: trial {', '.join(map(str, s['flagged']))}{held}[/]"))
-    if s["phase"]:
-        rows.append(("phase", s["phase"]))
-    if s["cost_usd"]:
-        rows.append(("cost", f"${s['cost_usd']:.2f}"))
-    for k, v in rows:
-        table.add_row(k, v)
+    for key, text, style in summary_rows(s):
+        table.add_row(key, Text(text, style=style))
     return table
-
-
-def slots_of(ledger: Ledger, always: bool = False, queue: dict | None = None) -> list[dict]:
-    """The tag's slot activity; empty for a tag run one trial at a time, unless `always` or runs are queued
-    on a cluster (`queue`: see queued())."""
-    slots = int(ledger.get("slots", 1))
-    if not always and slots == 1 and not ledger.get("pipeline", False) and not queue:
-        return []
-    return slot_activity(ledger.runs(), slots, queue=queue)
-
-
-def queued(state: Path) -> dict:
-    """The cluster jobs of the tag's runs in flight, as the executor last saw them (Slurm writes queue.json):
-    run's job id → {"where": e.g. "Slurm job 17", "state": e.g. "RUNNING"}."""
-    try:
-        found = json.loads((state / "queue.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def slot_activity(runs: list[dict], slots: int, now: float | None = None, queue: dict | None = None) -> list[dict]:
-    """Per slot: what it runs now (and where, on a cluster), how many runs it finished, and how busy it was
-    since its first run."""
-    now = now or time.time()
-    out = []
-    for slot in range(max([slots, *[r["slot"] + 1 for r in runs if r["slot"] is not None]])):
-        mine = [r for r in runs if r["slot"] == slot]
-        current = next((r for r in mine if r["status"] == Status.RUNNING), None)
-        busy = sum((r["finished"] or now) - r["started"] for r in mine)
-        span = (max((r["finished"] or now) for r in mine) - min(r["started"] for r in mine)) if mine else 0.0
-        out.append({"slot": slot, "trial": current["trial"] if current else None,
-                    "run": current["k"] if current else None,
-                    "for_s": now - current["started"] if current else None,
-                    "runs": len([r for r in mine if r["status"] != Status.RUNNING]),
-                    "lost": len([r for r in mine if r["status"] == Status.LOST]),
-                    "busy_s": busy, "busy": busy / span if span else None,
-                    "hardware": next((r["hardware"] for r in reversed(mine) if r["hardware"]), ""),
-                    "queue": (queue or {}).get(current["job"]) if current else None})
-    return out
 
 
 def slots_table(slots: list[dict]) -> Table:
     table = Table(title="slots", title_justify="left")
-    for col in ("slot", "now", "runs", "lost", "busy", "hardware"):
-        table.add_column(col, justify="right" if col in ("slot", "runs", "lost", "busy") else "left")
+    for col in SLOT_COLUMNS:
+        table.add_column(col, justify="right" if col in SLOT_RIGHT else "left")
     for s in slots:
-        now = f"trial {s['trial']} run {s['run']} ({s['for_s']:.0f}s)" if s["trial"] is not None else "idle"
-        if q := s.get("queue"):
-            now += f" · {q.get('where', '')} {q.get('state', '')}"
-        busy = f"{100 * s['busy']:.0f}%" if s["busy"] is not None else "—"
-        table.add_row(str(s["slot"]), now, str(s["runs"]), str(s["lost"]), busy, escape(s["hardware"]))
+        table.add_row(*(Text(cell) for cell in slot_cells(s)))
     return table
 
 

@@ -1,0 +1,5 @@
+"""`python -m nightlab`: the `nightlab` command."""
+
+from nightlab.entry import main
+
+main()
