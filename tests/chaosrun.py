@@ -15,14 +15,18 @@ from chaoskit import chaos_env, finish, locks, resumed, start, worktree_troubles
 from nlkit import Project, idea, make_project, sub
 
 # Every step of a run and of verify, by nightlab's own points and by the git calls each step makes.
-POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "trial.committed",
-              "run.started", "run.finished", "trial.recorded", "report.written"]
+# nightlab writes a trial's commit, its amended message and its ref itself (gitcommit.py): its git.* points stand
+# where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared").
+POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "git.commit.written",
+              "git.commit.locked", "trial.committed", "run.started", "run.finished", "git.amend.written",
+              "git.mark.locked", "trial.recorded", "report.written"]
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured"]
-GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "add --", "commit --quiet --no-verify",
-           "show", "commit-tree", "update-ref", "rev-parse"]
-GIT_VERIFY = ["reset --hard", "clean", "rev-parse"]
+GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
+GIT_VERIFY = ["reset --hard", "clean"]  # its HEAD reads are nightlab's own now: fewer rev-parse calls than `most`
 REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
+LOCKING = {"worktree add", "branch", "reset --hard"}  # git calls with a ref transaction: ":inside" can land there
+TRIAL_STEPS = ("trial.", "run.", "git.")  # named points only an invocation that runs a trial reaches
 
 # The scripted agent's ideas: every outcome a trial can have.
 IDEAS = [idea("LR 0.1 -> 0.2 (keep)", sub("LR = 0.1", "LR = 0.2")),
@@ -64,10 +68,14 @@ def project(root: Path, sc: Scenario) -> Project:
     return make_project(root, config=sc.config(), ideas=IDEAS)
 
 
-def pick(rng: random.Random, named: list[str], words: list[str], first: bool, most: int = 1) -> tuple[str, dict]:
+def pick(rng: random.Random, named: list[str], words: list[str], first: bool, most: int = 1,
+         done: bool = False) -> tuple[str, dict]:
     """A kill point: (where, chaos_env arguments). An invocation runs one trial, so the first arrival at a point
     (the first or second git call of a kind that is made several times) is one it reaches; points of a first
-    start only while it has not happened. `most`: arrivals an invocation surely makes at each named point."""
+    start only while it has not happened, a trial's own named points only while trials remain (`done`: none).
+    `most`: arrivals an invocation surely makes at each named point."""
+    if done:
+        named = [n for n in named if not n.startswith(TRIAL_STEPS)]
     if not first:
         named = [n for n in named if not n.startswith("start.")]
         words = [w for w in words if w not in ("worktree add", "branch")]
@@ -76,7 +84,7 @@ def pick(rng: random.Random, named: list[str], words: list[str], first: bool, mo
         return name, {"crash_at": f"{name}#{rng.randint(1, most)}"}
     words_at = rng.choice(words)
     k = rng.randint(1, max(2, most)) if words_at in REPEATED else 1
-    mode = rng.choice(["", ":inside"])
+    mode = rng.choice(["", ":inside"]) if words_at in LOCKING else ""  # elsewhere the hook never runs
     return f"git {words_at}{' (inside)' if mode else ''}", {"git_at": f"{words_at}#{k}{mode}"}
 
 
@@ -104,7 +112,8 @@ def hammer_run(proj: Project, work: Path, rng: random.Random, sc: Scenario, figu
         if landed >= sc.kills:
             break
         target = min(sc.trials, finished(proj))  # finished counts the baseline: trial `finished` is next
-        where, point = pick(rng, named, GIT_RUN, first=not (proj.state() / "ledger.sqlite").exists())
+        where, point = pick(rng, named, GIT_RUN, first=not (proj.state() / "ledger.sqlite").exists(),
+                            done=finished(proj) > sc.trials)
         landed += invoke(proj, work, ["run", "--tag", "t", "--max-trials", str(target)], where, point, figures)
     resumed(proj, "run", "--tag", "t", "--max-trials", str(sc.trials))
 

@@ -50,7 +50,8 @@ def test_a_a_branch_the_user_made_is_still_refused(tmp_path: Path) -> None:
 
 
 # -- B: a resumed trial keeps its proposal ------------------------------------------------------------------
-@pytest.mark.parametrize("point", [{"git_at": "commit-tree#1"}, {"crash_at": "run.finished#2"}])
+# git.amend.written: where `git commit-tree` was, trial 1's record (nightlab writes its commits itself: gitcommit.py)
+@pytest.mark.parametrize("point", [{"crash_at": "git.amend.written#1"}, {"crash_at": "run.finished#2"}])
 def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, point: dict) -> None:
     proj = make_project(tmp_path, ideas=IMPROVE)
     killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", **point)
@@ -67,13 +68,14 @@ def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, p
 
 
 # -- C: git's lock files ------------------------------------------------------------------------------------
-# reset --hard#3: trial 1's record moving the branch to its kept commit (after the baseline's two)
-@pytest.mark.parametrize("point", ["reset --hard#2:inside", "reset --hard#3:inside",
-                                   "update-ref refs/nightlab/t/trial-1#1:inside",
-                                   "commit --quiet --no-verify -m#1:inside"])
-def test_c_killed_while_git_holds_a_lock(tmp_path: Path, point: str) -> None:
+# reset --hard#3: trial 1's record moving the branch to its kept commit (after the baseline's two). nightlab's own
+# ref updates hold git's locks too: git.mark.locked#2 is trial 1's ref (after the baseline's), git.commit.locked#1
+# trial 1's commit moving HEAD and the branch.
+@pytest.mark.parametrize("point", [{"git_at": "reset --hard#2:inside"}, {"git_at": "reset --hard#3:inside"},
+                                   {"crash_at": "git.mark.locked#2"}, {"crash_at": "git.commit.locked#1"}])
+def test_c_killed_while_git_holds_a_lock(tmp_path: Path, point: dict) -> None:
     proj = make_project(tmp_path, ideas=IMPROVE)
-    killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", git_at=point)
+    killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", **point)
     assert locks(proj), "the kill left no lock"
 
     resumed(proj, "run", "--tag", "t", "--max-trials", "2")

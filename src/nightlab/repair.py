@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 STATE = ".nightlab"
 NULL_OID = "0" * 40
+# The worktrees' mutex (workspace.worktree_admin takes it exclusively, in-process ref updates shared: gitrefs.py).
+ADMIN_MUTEX = "nightlab-worktrees.flock"
 GONE_WAIT_S = 10.0  # how long a git process killed with its parent may take to exit before nothing is mended
 
 

@@ -1,43 +1,27 @@
-"""The git side of a run: branch, worktree, trial commits and refs, edit verification, checksums."""
+"""The git side of a run: branch, worktree, trial commits and refs, checksums (the edit check: edits.py; the
+commits and refs written without git processes: gitcommit.py)."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import logging
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab import crashpoint, repair
+from nightlab import crashpoint, edits, gitcommit, repair
 from nightlab.config import CONFIG_NAME, same_but_endpoint
-from nightlab.errors import EditRejected, NightlabError, UsageError
+from nightlab.errors import NightlabError, UsageError
+from nightlab.gitcmd import NO_HOOKS, git
+
+__all__ = ["NO_HOOKS", "Workspace", "git", "identity_env"]
 
 log = logging.getLogger(__name__)
-
-# Used only when neither the repository nor the user names anyone, so commits never fail.
-IDENTITY = {"GIT_AUTHOR_NAME": "nightlab", "GIT_AUTHOR_EMAIL": "nightlab@localhost"}
-IDENTITY |= {"GIT_COMMITTER_NAME": "nightlab", "GIT_COMMITTER_EMAIL": "nightlab@localhost"}
-# The user's hooks (post-checkout, post-commit) are not for nightlab's own checkout and commits (as --no-verify).
-NO_HOOKS = "core.hooksPath=/dev/null"
-# No opportunistic index refresh (`git diff`, `git status` in the user's checkout): a kill must never leave an
-# index.lock there, where nightlab could not tell it from the user's own.
-QUIET = {"GIT_OPTIONAL_LOCKS": "0"}
-
-
-def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> str:
-    # core.quotePath=false: paths come back as written ("modèle.py"), not as octal escapes
-    proc = subprocess.run(["git", "-c", "core.quotePath=false", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0", **QUIET})
-    if check and proc.returncode != 0:
-        said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
-        command = next(a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c"))
-        raise NightlabError(f"git {command} failed in {cwd}: {said}")
-    return proc.stdout.rstrip("\n")
 
 
 def toplevel(path: Path) -> Path:
@@ -49,12 +33,7 @@ def toplevel(path: Path) -> Path:
 
 def identity_env(cwd: Path) -> dict[str, str]:
     """nightlab's own identity for the parts git has no configured value for."""
-    env = {}
-    for who in ("AUTHOR", "COMMITTER"):
-        for what, key in (("NAME", "user.name"), ("EMAIL", "user.email")):
-            if not git("config", key, cwd=cwd, check=False) and not os.environ.get(f"GIT_{who}_{what}"):
-                env[f"GIT_{who}_{what}"] = IDENTITY[f"GIT_{who}_{what}"]
-    return env
+    return gitcommit.identity_overrides(gitcommit.settings(cwd), os.environ)
 
 
 def sha256(path: Path) -> str:
@@ -113,9 +92,22 @@ def worktree_admin(repo: Path) -> Iterator[None]:
     study --parallel`): git names a new worktree's admin directory after its folder (`worktree` for every tag),
     so two `worktree add`s race for it, and a prune or a mend could take another's half-made worktree for one a
     kill left. Not reentrant; the OS drops it when the process dies (the file stays: not a git lock, no `.lock`)."""
-    with open(repair.common_dir(repo) / "nightlab-worktrees.flock", "a") as f:
+    with open(repair.common_dir(repo) / repair.ADMIN_MUTEX, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def attach(repo: Path, tree: Path, ref: str, *flags: str) -> None:
+    """Workspace._attach, under the worktrees' mutex."""
+    if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
+        git("worktree", "repair", str(tree), cwd=repo, check=False)
+        if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
+            return
+        log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
+    if repair.made_by_git(tree):
+        repair.discard(repo, tree)
+    git("worktree", "prune", cwd=repo)
+    git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=repo)
 
 
 def _endpoint_only(repo: Path, path: str) -> bool:
@@ -144,15 +136,26 @@ class Workspace:
         self.tree = state / "worktree" if self.slot is None else state / "trials" / str(self.slot)
         self.dir = self.tree / self.sub  # the project directory inside the worktree
         self.branch = f"nightlab/{self.tag}"
-        self._env = identity_env(self.repo)
+        self._repo: gitcommit.Repo | None = None  # made once the worktree exists
         # What this object last made the worktree, so a trial does not pay a git process to learn it again:
         # `_head` is HEAD after nightlab's last commit or reset; `_clean` the commit the worktree was last reset
         # to, until it is lent (to the agent, a run) or changed. A new process knows neither: it asks git.
         self._head: str | None = None
         self._clean: str | None = None
 
+    @property
+    def store(self) -> gitcommit.Repo:
+        """The worktree's commits and refs, written in this process where git's own would be the same."""
+        if self._repo is None:
+            self._repo = gitcommit.Repo(self.tree, self.repo)
+        return self._repo
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.store.env
+
     def _git(self, *args: str, check: bool = True) -> str:
-        return git(*args, cwd=self.dir, check=check, env=self._env)
+        return git(*args, cwd=self.dir, check=check, env=self.env)
 
     # -- setup -------------------------------------------------------------------------------
     def open(self, fresh: bool, best: str = "") -> None:
@@ -215,19 +218,9 @@ class Workspace:
     def _attach(self, tree: Path, ref: str, *flags: str) -> None:
         """A usable worktree at `tree`: the one there (links mended if the project moved), else made anew with
         `git worktree add <flags> <tree> <ref>`; one a kill left half-made is removed first."""
+        self._repo = None  # the worktree's git directory may be another after this
         with worktree_admin(self.repo):
-            self._attach_locked(tree, ref, *flags)
-
-    def _attach_locked(self, tree: Path, ref: str, *flags: str) -> None:
-        if (tree / ".git").exists():  # links both ways hold absolute paths: mend them if the project moved
-            git("worktree", "repair", str(tree), cwd=self.repo, check=False)
-            if git("rev-parse", "--verify", "--quiet", "HEAD", cwd=tree, check=False):
-                return
-            log.warning("worktree %s was unusable (a kill while git made it?): making it again", tree)
-        if repair.made_by_git(tree):
-            repair.discard(self.repo, tree)
-        git("worktree", "prune", cwd=self.repo)
-        git("-c", NO_HOOKS, "worktree", "add", "--quiet", *flags, str(tree), ref, cwd=self.repo)
+            attach(self.repo, tree, ref, *flags)
 
     def spare(self, slot: int | str) -> Workspace:
         """A detached worktree of its own for trials in flight beside others (the branch moves only on a keep)."""
@@ -261,7 +254,7 @@ class Workspace:
     # -- per trial ----------------------------------------------------------------------------
     def head(self) -> str:
         if self._head is None:
-            self._head = self._git("rev-parse", "HEAD")
+            self._head = self.store.head()
         return self._head
 
     def lend(self) -> None:
@@ -282,40 +275,11 @@ class Workspace:
         self._head = commit if len(commit) == 40 else None  # a full object name; anything else git resolves
 
     def changed_files(self) -> dict[str, bool]:
-        """Files that differ from HEAD anywhere in the worktree, relative to the project → whether git tracks them
-        (one `git status`: changed, deleted and new files; ignored ones are not edits)."""
-        out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=self.tree)
-        files = {}
-        for entry in filter(None, out.split("\0")):
-            files[os.path.relpath(entry[3:], self.sub)] = not entry.startswith("??")
-        linked = [Path(p) for p in getattr(self, "linked", [])]  # data nightlab put there, not an edit
-        return {f: files[f] for f in sorted(files) if not any(Path(f) == p or p in Path(f).parents for p in linked)}
+        return edits.changed_files(self)
 
     def verify_edits(self) -> dict[str, bool]:
-        """Accept only edits to editable files and the scratchpad (→ whether git tracks each); restore anything
-        else. A refusal carries the worktree's diff as it was (`EditRejected.diff`): the attempt stays on record."""
         self._clean = None
-        allowed = set(self.editable) | {self.scratchpad}
-        files = self.changed_files()
-        bad = [f for f in files if f not in allowed]
-        if bad:
-            rejected = EditRejected(f"changed {', '.join(bad)} (only {', '.join(sorted(allowed))} may change)")
-            rejected.diff = self.diff()
-            self._restore(bad)
-            raise rejected
-        if not [f for f in files if f in self.editable]:
-            rejected = EditRejected("no change to " + ", ".join(self.editable))
-            rejected.diff = self.diff()
-            raise rejected
-        return files
-
-    def _restore(self, files: list[str]) -> None:
-        tracked = set(self._git("ls-files", "--", *files).splitlines())
-        if tracked:
-            self._git("-c", NO_HOOKS, "checkout", "HEAD", "--", *sorted(tracked))
-        for f in set(files) - tracked:
-            p = self.dir / f
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        return edits.verify_edits(self)
 
     def diff(self) -> str:
         return self._git("diff", "HEAD", "--", ".")
@@ -323,44 +287,28 @@ class Workspace:
     def commit(self, message: str, files: list[str]) -> tuple[str, str]:
         """Commit `files` as they are in the worktree; the new commit's name and its patch (under the project)."""
         self._clean = self._head = None
-        self._git("add", "--", *files)
-        self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--no-verify", "-m", message)
-        sha, _, patch = self._git("show", "--format=%H", "HEAD", "--", ".").partition("\n")
-        self._head = sha
-        return sha, patch.lstrip("\n")
+        sha = self._head = self.store.commit([(self.sub / f).as_posix() for f in files], message)
+        return sha, self.patch(sha)
 
     def amend(self, commit: str, message: str) -> str:
-        """A commit like `commit` (its tree and parent) with `message`: `git commit --amend` without moving HEAD,
-        in one git process (plumbing); the caller resets the worktree where it belongs next."""
-        # a trial's commit has one parent: the commit it was made on
-        return self._git("-c", "commit.gpgsign=false", "commit-tree", f"{commit}^{{tree}}", "-p", f"{commit}^",
-                         "-m", message)
+        """A commit like `commit` (its tree and parent) with `message`: `git commit --amend` without moving HEAD;
+        the caller resets the worktree where it belongs next."""
+        return self.store.amend(commit, message)
 
     def rebase(self, commit: str, onto: str) -> str | None:
         """`commit`'s change re-applied on `onto` (same message); None when it conflicts or leaves no change."""
-        self.reset(onto)
-        self._clean = None  # the cherry-pick changes it
-        # Notes never conflict: both sides' lines are kept (git's built-in union merge, for the scratchpad only).
-        attributes = self.root / ".nightlab" / self.tag / "rebase.gitattributes"
-        attributes.write_text(f"/{(self.sub / self.scratchpad).as_posix()} merge=union\n")
-        try:
-            self._git("-c", NO_HOOKS, "-c", f"core.attributesFile={attributes}", "cherry-pick", "--no-commit", commit)
-        except NightlabError:  # a conflict: the two changes touch the same lines
-            self._git("cherry-pick", "--abort", check=False)
-            self.reset(onto)
-            return None
-        files = [f for f in self.changed_files() if f in self.editable or f == self.scratchpad]
-        if not any(f in self.editable for f in files):  # the new best already holds this change
-            self.reset(onto)
-            return None
-        return self.commit(self._git("log", "-1", "--format=%B", commit), files)[0]
+        return edits.rebase(self, commit, onto)
 
     def mark(self, n: int, commit: str) -> None:
         """Keep trial n reachable whatever happens to the branch."""
-        self._git("update-ref", f"refs/nightlab/{self.tag}/trial-{n}", commit)
+        self.store.set_ref(f"refs/nightlab/{self.tag}/trial-{n}", commit)
 
     def show(self, commit: str, path: str) -> str:
-        return self._git("show", f"{commit}:{(self.sub / path).as_posix()}")
+        """The file at `path` (under the project) in `commit`, as `git show <commit>:<path>` prints it."""
+        data = self.store.blob(commit, (self.sub / path).as_posix())
+        if data is None:
+            raise NightlabError(f"git show failed in {self.dir}: path '{path}' is not in {commit}")
+        return io.TextIOWrapper(io.BytesIO(data)).read().rstrip("\n")  # as a text-mode subprocess would read it
 
     def patch(self, commit: str) -> str:
         return self._git("show", "--format=", commit, "--", ".")
