@@ -153,7 +153,7 @@ def test_blobs_read_at_a_path(root: Path) -> None:
     with pytest.raises(NightlabError, match="missing"):
         repo.objects.read("1" * 40)
     with pytest.raises(NightlabError, match="not a tree"):
-        repo.objects.tree(repo.objects.lookup(repo.objects.commit_tree(head), "train.py").sha)  # type: ignore
+        repo.objects.tree(run_git("rev-parse", f"{head}:train.py", cwd=root))
 
 
 def test_a_commit_in_a_clone_whose_objects_are_borrowed(root: Path) -> None:
