@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import SCENARIO, SCENARIO_STATUS, Scenario
+from scenariokit import SCENARIO, SCENARIO_STATUS, Scenario
 from nlkit import BASE_LOSS, PREPARE, TRAIN, content, idea, make_project, sub
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SCENARIO, SCENARIO_STATUS, Scenario
+from scenariokit import SCENARIO, SCENARIO_STATUS, Scenario
 
 from nlkit import BASE_LOSS, one_line_error
 

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Scenario
+from scenariokit import Scenario
 
 from nlkit import PREPARE, PROGRAM, TRAIN, Project, commit_message, idea, make_project, one_line_error, sub
 
