@@ -14,8 +14,12 @@ from nightlab.errors import NightlabError
 from nightlab.gitcommit import Repo
 from nightlab.gitobjects import BLOB, EMPTY_TREE, Entry, Fallback, Objects
 from nightlab.gitrefs import NULL
-from test_gitobjects import MESSAGE, PATHS, WT, by_git, edit, run_git
-from test_gitobjects import root as root  # noqa: F401  (the fixture, shared)
+from gitkit import MESSAGE, PATHS, WT, by_git, edit, make_root, run_git
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return make_root(tmp_path, monkeypatch)
 
 
 def other_commit(root: Path, message: str = "elsewhere") -> str:
