@@ -125,6 +125,13 @@ class Lab:
         mine, theirs = per_example.average(examples), self.examples(n)
         return per_example.paired_se(mine, theirs) if mine is not None and theirs is not None else None
 
+    def spent(self, rec: TrialRecord, proposal: Proposal | None) -> None:
+        """What an agent's attempt cost, on record whether its proposal is taken or refused (None: it failed before
+        it had spent anything known)."""
+        if proposal is not None:
+            (self.run_dir(rec.n) / "agent.log").write_text(proposal.transcript)
+            rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
+
     def forget_runs(self, n: int) -> None:
         """Trial n's run outputs, all of them (its runs start again); what the agent made for it stays."""
         clear(self.run_dir(n), keep=lambda name: name in PROPOSAL_FILES)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from pathlib import Path
 
 from nightlab import crashpoint, frontier, per_example, program, review, screening
 from nightlab.agents import capable
@@ -72,7 +71,7 @@ class Trial:
         """The agent's turn (in a thread of its own unless inline): edit, verify, commit. No ledger writes here."""
         rec, ws, out = self.rec, self.tree, self.lab.run_dir(self.rec.n)
         proposal = self.lab.ask(ws, brief, rec)
-        _spent(rec, proposal, out)
+        self.lab.spent(rec, proposal)
         rec.hypothesis = proposal.hypothesis
         try:
             rec.commit_sha, patch = _commit(rec, ws, proposal, "(no description)")
@@ -85,7 +84,7 @@ class Trial:
     def proposed(self, error: BaseException | None) -> Next:
         lab, rec = self.lab, self.rec
         if isinstance(error, (AgentFailed, EditRejected)):
-            _spent(rec, getattr(error, "proposal", None), lab.run_dir(rec.n))  # a failed attempt still costs tokens
+            lab.spent(rec, getattr(error, "proposal", None))  # a failed attempt still costs tokens
             rec.status, rec.reason = Status.REJECTED, str(error)
             return Next.RECORD
         if isinstance(error, AgentExhausted):
@@ -228,11 +227,8 @@ class Trial:
 
 
 def _reapply(lab: Lab, rec: TrialRecord, ws: Workspace, best: TrialRecord) -> str | None:
-    """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already).
-
-    An agent whose proposal for a trial is fixed (`reproposes`: optuna's point is absolute values, not a diff) is
-    asked again on the new best; any other trial's commit is cherry-picked.
-    """
+    """The trial's change on `best` as a new commit (None: it does not apply, or `best` holds it already):
+    cherry-picked, or asked again of an agent whose proposal is fixed (`reproposes`: optuna's absolute values)."""
     if not capable(lab.agent, "reproposes"):
         return ws.rebase(rec.commit_sha, best.commit_sha)
     told = rec.description
@@ -246,16 +242,8 @@ def _reapply(lab: Lab, rec: TrialRecord, ws: Workspace, best: TrialRecord) -> st
 
 
 def _commit(rec: TrialRecord, ws: Workspace, proposal: Proposal, untold: str) -> tuple[str, str]:
-    """The agent's edits, checked, as the trial's commit (its name and patch); the description's first line
-    names it."""
+    """The agent's edits, checked, as the trial's commit (its name and patch), named by the description."""
     rec.description = (proposal.description.strip().splitlines() or [untold])[0][:400]
     files = ws.verify_edits()  # a rejected trial keeps its description
     return ws.commit(f"trial {rec.n}: {rec.description}\n\nstatus: running", list(files))
 
-
-def _spent(rec: TrialRecord, proposal: Proposal | None, out: Path) -> None:
-    """What an agent's attempt cost, on record whether its proposal is taken or refused."""
-    if proposal is None:  # it failed before it had spent anything we know of
-        return
-    (out / "agent.log").write_text(proposal.transcript)
-    rec.cost_usd, rec.tokens_in, rec.tokens_out = proposal.cost_usd, proposal.tokens_in, proposal.tokens_out
