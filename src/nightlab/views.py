@@ -27,7 +27,6 @@ from nightlab.status_data import (
 from nightlab.status_data import STYLE as STYLE
 from nightlab.status_data import evidence as evidence
 from nightlab.status_data import fmt as fmt
-from nightlab.status_data import log_json as log_json
 from nightlab.status_data import queued as queued
 from nightlab.status_data import slot_activity as slot_activity
 from nightlab.status_data import slots_of as slots_of
