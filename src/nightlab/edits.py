@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nightlab.errors import EditRejected, NightlabError
 from nightlab.gitcmd import NO_HOOKS, git
+from nightlab.gitobjects import Fallback
 
 if TYPE_CHECKING:
     from nightlab.workspace import Workspace
@@ -17,11 +18,13 @@ if TYPE_CHECKING:
 
 def changed_files(ws: Workspace) -> dict[str, bool]:
     """Files that differ from HEAD anywhere in the worktree, relative to the project → whether git tracks them
-    (one `git status`: changed, deleted and new files; ignored ones are not edits)."""
-    out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=ws.tree)
-    files = {}
-    for entry in filter(None, out.split("\0")):
-        files[os.path.relpath(entry[3:], ws.sub)] = not entry.startswith("??")
+    (what `git status` lists: changed, deleted and new files; ignored ones are not edits). Found in this process
+    (gitworktree.py), else by git."""
+    try:
+        found = ws.checkout.status(ws.linked_paths())
+    except Fallback:
+        found = ws.checkout.learn()
+    files = {os.path.relpath(path, ws.sub): tracked for path, tracked in found.items()}
     linked = [Path(p) for p in getattr(ws, "linked", [])]  # data nightlab put there, not an edit
     return {f: files[f] for f in sorted(files) if not any(Path(f) == p or p in Path(f).parents for p in linked)}
 

@@ -129,7 +129,7 @@ class Repo:
 
     def __init__(self, tree: Path, repo: Path) -> None:
         self.tree = tree  # the worktree's top: git commands run there, paths are the repository's
-        config = settings(repo)
+        self.config = config = settings(repo)
         self.env = identity_overrides(config, os.environ)  # for the git processes that remain
         gitdir, common = gitdirs(tree)
         self.objects = Objects(common)

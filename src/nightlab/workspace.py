@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab import crashpoint, edits, gitcommit, repair
+from nightlab import crashpoint, edits, gitcommit, gitworktree, repair
 from nightlab.config import CONFIG_NAME, same_but_endpoint
 from nightlab.errors import NightlabError, UsageError
 from nightlab.gitcmd import NO_HOOKS, git
+from nightlab.gitobjects import Fallback
 
 __all__ = ["NO_HOOKS", "Workspace", "git", "identity_env"]
 
@@ -137,6 +138,7 @@ class Workspace:
         self.dir = self.tree / self.sub  # the project directory inside the worktree
         self.branch = f"nightlab/{self.tag}"
         self._repo: gitcommit.Repo | None = None  # made once the worktree exists
+        self._checkout: gitworktree.Checkout | None = None
         # What this object last made the worktree, so a trial does not pay a git process to learn it again:
         # `_head` is HEAD after nightlab's last commit or reset; `_clean` the commit the worktree was last reset
         # to, until it is lent (to the agent, a run) or changed. A new process knows neither: it asks git.
@@ -149,6 +151,17 @@ class Workspace:
         if self._repo is None:
             self._repo = gitcommit.Repo(self.tree, self.repo)
         return self._repo
+
+    @property
+    def checkout(self) -> gitworktree.Checkout:
+        """The worktree's status and reset, computed in this process where git's own would be the same."""
+        if self._checkout is None or self._checkout.store is not self.store:
+            self._checkout = gitworktree.Checkout(self.store)
+        return self._checkout
+
+    def linked_paths(self) -> list[str]:
+        """The linked data's paths in the repository (not edits; a reset keeps them)."""
+        return [(self.sub / p).as_posix() for p in getattr(self, "linked", [])]
 
     @property
     def env(self) -> dict[str, str]:
@@ -268,9 +281,15 @@ class Workspace:
         if unless_clean and commit == self._clean:
             return
         self._clean = self._head = None
-        self._git("reset", "--hard", "--quiet", commit)
-        excludes = [a for p in getattr(self, "linked", []) for a in ("-e", p)]
-        self._git("clean", "-fdq", *excludes, "--", ".")
+        try:  # in this process; `git clean` only when untracked files are left to remove
+            strays = self.checkout.reset(commit, "" if self.sub == Path(".") else self.sub.as_posix(),
+                                         self.linked_paths())
+        except Fallback:
+            self._git("reset", "--hard", "--quiet", commit)
+            strays = True
+        if strays:
+            excludes = [a for p in getattr(self, "linked", []) for a in ("-e", p)]
+            self._git("clean", "-fdq", *excludes, "--", ".")
         self._clean = commit
         self._head = commit if len(commit) == 40 else None  # a full object name; anything else git resolves
 

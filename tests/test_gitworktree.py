@@ -1,0 +1,223 @@
+"""nightlab's own status and reset of a worktree (gitworktree, gitindex) against real git on the same worktrees: the
+same paths `git status` lists, the files, index and refs `git reset --hard` leaves (git then sees nothing to
+report), racily clean entries compared by content, ignore rules trusted only while unchanged, git left to answer
+where it must, and a kill at each step leaves a worktree git and the next reset are content with."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nightlab import gitindex, repair
+from nightlab.errors import NightlabError
+from nightlab.gitcommit import Repo
+from nightlab.gitobjects import Fallback
+from nightlab.gitworktree import Checkout
+
+from gitkit import PATHS, WT, edit, make_root, run_git
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return make_root(tmp_path, monkeypatch)
+
+
+def git_status(wt: Path) -> dict[str, bool]:
+    """What edits.changed_files read from git before: path → whether git tracks it."""
+    out = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames"], cwd=wt,
+                         capture_output=True, text=True, check=True).stdout
+    return {e[3:]: not e.startswith("??") for e in out.split("\0") if e}
+
+
+def status(co: Checkout, linked: list[str] | None = None) -> dict[str, bool]:
+    """The in-process answer, learning from git first where it must (as edits.changed_files does)."""
+    try:
+        return co.status(linked or [])
+    except Fallback:
+        co.learn()
+        return co.status(linked or [])
+
+
+def checkout(root: Path) -> Checkout:
+    co = Checkout(Repo(root / WT, root))
+    assert not co.why_slow, co.why_slow
+    return co
+
+
+def test_the_status_is_gits_for_every_kind_of_change(root: Path) -> None:
+    wt = root / WT
+    (root / ".git" / "info" / "exclude").write_text("/.nightlab/\n*.log\n")
+    co = checkout(root)
+    assert status(co) == git_status(wt) == {}
+    edit(wt)  # a change, a deletion (its directory gone), a new file, a rewrite
+    (wt / "deep" / "er").mkdir(parents=True)
+    (wt / "deep" / "er" / "x.py").write_text("x\n")  # new, in new nested directories
+    (wt / "run.log").write_text("ignored\n")
+    (wt / "link").unlink()
+    (wt / "link").symlink_to("sub/run.sh")  # a symlink pointing elsewhere
+    (wt / "data").symlink_to(root)  # linked data: not an edit
+    want = git_status(wt)
+    assert "run.log" not in want and "data" in want and want["deep/er/x.py"] is False
+    assert status(co, ["data"]) == {p: t for p, t in want.items() if p != "data"}
+    os.chmod(wt / "train.py", 0o755)  # the executable bit alone
+    (wt / "sub" / "run.sh").unlink()
+    assert status(co, ["data"]) == {p: t for p, t in git_status(wt).items() if p != "data"}
+
+
+def test_a_rewrite_with_the_same_stat_is_seen_by_its_content(root: Path) -> None:
+    """The benchmark's agent rewrites `STEP = 0` as `STEP = 1` within a tick of the reset: every stat field may be
+    the same. Made certain here: the index is given the rewritten file's stat, written no earlier than the file."""
+    wt = root / WT
+    co = checkout(root)
+    co.reset(run_git("rev-parse", "HEAD", cwd=wt), "", [])
+    (wt / "train.py").write_text("LR = 0.3\n")  # the same size
+    index = gitindex.read(co.gitdir / "index")
+    index.entries["train.py"].stat = gitindex.stat_data((wt / "train.py").lstat())
+    lock = gitindex.Lock(co.gitdir / "index")
+    lock.commit(index.entries, "test")
+    assert git_status(wt) == {"train.py": True}  # git compares the content of a racily clean entry
+    assert status(co) == {"train.py": True}
+    assert co.same(gitindex.read(co.gitdir / "index"), "sub/run.sh", (wt / "sub" / "run.sh").lstat())
+
+
+def reset_both(root: Path, commit: str, prepare: object) -> tuple[Path, Path]:
+    """`prepare(worktree)` in two worktrees at the branch; one reset by git, one here; both worktrees."""
+    ours, theirs = root / WT, root / ".nightlab" / "x" / "theirs"
+    run_git("worktree", "add", "-q", "--detach", str(theirs), "nightlab/x", cwd=root)
+    for wt in (ours, theirs):
+        prepare(wt)  # type: ignore[operator]
+    run_git("reset", "--hard", "-q", commit, cwd=theirs)
+    co = checkout(root)
+    co.learn()
+    if co.reset(commit, "", ["data"]):
+        run_git("clean", "-fdq", "-e", "data", "--", ".", cwd=ours)
+    run_git("clean", "-fdq", "-e", "data", "--", ".", cwd=theirs)
+    return ours, theirs
+
+
+def tree_of(wt: Path) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    for p in sorted(wt.rglob("*")):
+        if ".git" in p.relative_to(wt).parts or (p.is_dir() and not p.is_symlink()):
+            continue
+        st = p.lstat()
+        out[p.relative_to(wt).as_posix()] = (st.st_mode, os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+    return out
+
+
+def test_a_reset_leaves_what_git_reset_and_clean_leave(root: Path) -> None:
+    wt = root / WT
+    base = run_git("rev-parse", "HEAD", cwd=wt)
+    edit(wt)
+    os.chmod(wt / "train.py", 0o755)
+    trial = Repo(wt, root).commit([*PATHS, "train.py"], "trial 1")
+
+    (root / ".git" / "info" / "exclude").write_text("/.nightlab/\n*.pyc\n")
+
+    def prepare(tree: Path) -> None:
+        (tree / "sub" / "__pycache__").mkdir(exist_ok=True)  # kept by the first round's reset
+        (tree / "sub" / "__pycache__" / "m.pyc").write_text("kept: ignored\n")
+        (tree / "stray" / "deep").mkdir(parents=True)
+        (tree / "stray" / "deep" / "out.txt").write_text("removed\n")
+        if not (tree / "data").is_symlink():
+            (tree / "data").symlink_to(root)
+        (tree / "sub" / "new.md").write_text("changed by a run\n")
+
+    for target in (base, trial):
+        ours, theirs = reset_both(root, target, prepare)
+        assert tree_of(ours) == tree_of(theirs) and "sub/__pycache__/m.pyc" in tree_of(ours)
+        assert git_status(ours) == git_status(theirs) == {"data": False}
+        assert run_git("ls-files", "-s", cwd=ours) == run_git("ls-files", "-s", cwd=theirs)
+        assert run_git("diff", "HEAD", cwd=ours) == "" and run_git("rev-parse", "HEAD", cwd=ours) == target
+        line = (root / ".git" / "worktrees" / "worktree" / "logs" / "HEAD").read_text().splitlines()[-1]
+        assert line.endswith(f"\treset: moving to {target}")
+        run_git("worktree", "remove", "--force", str(theirs), cwd=root)
+    assert run_git("fsck", "--strict", "--no-dangling", cwd=root) == ""
+
+
+def test_only_untracked_files_that_git_clean_removes_call_it(root: Path) -> None:
+    wt = root / WT
+    head = run_git("rev-parse", "HEAD", cwd=wt)
+    (root / ".git" / "info" / "exclude").write_text("/.nightlab/\nout/\n")
+    co = checkout(root)
+    (wt / "data").symlink_to(root)
+    (wt / "out").mkdir()
+    (wt / "out" / "a.bin").write_text("ignored\n")
+    assert co.reset(head, "", ["data"]) is False  # git asked once which are ignored; nothing to clean
+    (wt / "sub" / "stray.txt").write_text("x\n")
+    assert co.reset(head, "", ["data"]) is True
+    assert co.reset(head, "elsewhere", ["data"]) is False  # outside the project's directory: not cleaned
+    (root / ".git" / "info" / "exclude").write_text("/.nightlab/\nou?/\n")  # the same size, other rules
+    with pytest.raises(Fallback):
+        co.status(["data"])
+    assert status(co, ["data"]) | {"data": False} == git_status(wt) == {"sub/stray.txt": False, "data": False}
+
+
+def test_a_changed_gitignore_sends_the_question_back_to_git(root: Path) -> None:
+    wt = root / WT
+    (wt / "sub" / ".gitignore").write_text("*.a\n")
+    (wt / "sub" / "x.a").write_text("1\n")
+    (wt / "sub" / "x.b").write_text("1\n")
+    co = checkout(root)
+    assert status(co) == git_status(wt) == {"sub/.gitignore": False, "sub/x.b": False}
+    (wt / "sub" / ".gitignore").write_text("*.b\n")  # the same size
+    with pytest.raises(Fallback):
+        co.status([])
+    assert status(co) == git_status(wt) == {"sub/.gitignore": False, "sub/x.a": False}
+
+
+def test_git_does_what_it_must(root: Path) -> None:
+    wt = root / WT
+    head = run_git("rev-parse", "HEAD", cwd=wt)
+    (wt / ".gitattributes").write_text("*.py text eol=crlf\n")
+    co = checkout(root)
+    with pytest.raises(Fallback):
+        co.reset(head, "", [])
+    with pytest.raises(Fallback):
+        co.status([])
+    (wt / ".gitattributes").unlink()
+    (wt / "nested").mkdir()
+    run_git("init", "-q", cwd=wt / "nested")
+    with pytest.raises(Fallback):
+        co.status([])
+    with pytest.raises(Fallback):
+        co.reset(head[:7], "", [])
+    run_git("config", "core.autocrlf", "true", cwd=root)
+    assert Checkout(Repo(wt, root)).why_slow
+    run_git("config", "--unset", "core.autocrlf", cwd=root)
+    (co.gitdir / "index.lock").write_text("")
+    with pytest.raises(NightlabError, match="index.lock exists"):
+        co.reset(head, "", [])
+
+
+KILLED = """
+import sys
+from pathlib import Path
+from nightlab.gitcommit import Repo
+from nightlab.gitworktree import Checkout
+Checkout(Repo(Path(sys.argv[1]), Path(sys.argv[2]))).reset(sys.argv[3], "", [])
+"""
+
+
+@pytest.mark.parametrize("point", ["git.reset.indexed", "git.reset.orig", "git.reset.locked"])
+def test_killed_in_a_reset(root: Path, point: str) -> None:
+    wt = root / WT
+    base = run_git("rev-parse", "HEAD", cwd=wt)
+    edit(wt)
+    trial = Repo(wt, root).commit(PATHS, "trial 1")
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(wt), str(root), base], start_new_session=True,
+                          env={**os.environ, "NIGHTLAB_CRASH_AT": point}, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert run_git("rev-parse", "nightlab/x", cwd=root) == trial  # HEAD moves last, as with git
+    assert list((root / ".git").rglob("*.lock"))
+    repair.mend(root)  # what the next start does
+    assert not list((root / ".git").rglob("*.lock"))
+    if checkout(root).reset(base, "", []):  # and the next reset puts everything right
+        run_git("clean", "-fdq", "--", ".", cwd=wt)  # sub/new.md: the trial's, never in the index (as with git)
+    assert git_status(wt) == {} and run_git("rev-parse", "nightlab/x", cwd=root) == base
+    assert run_git("fsck", "--strict", "--no-dangling", cwd=root) == ""
