@@ -140,22 +140,29 @@ def test_a_reset_leaves_what_git_reset_and_clean_leave(root: Path) -> None:
     assert run_git("fsck", "--strict", "--no-dangling", cwd=root) == ""
 
 
-def test_only_untracked_files_that_git_clean_removes_call_it(root: Path) -> None:
+def test_untracked_files_are_removed_as_git_clean_would_or_by_it(root: Path) -> None:
     wt = root / WT
     head = run_git("rev-parse", "HEAD", cwd=wt)
     (root / ".git" / "info" / "exclude").write_text("/.nightlab/\nout/\n")
     co = checkout(root)
-    (wt / "data").symlink_to(root)
-    (wt / "out").mkdir()
-    (wt / "out" / "a.bin").write_text("ignored\n")
-    assert co.reset(head, "", ["data"]) is False  # git asked once which are ignored; nothing to clean
-    (wt / "sub" / "stray.txt").write_text("x\n")
-    assert co.reset(head, "", ["data"]) is True
-    assert co.reset(head, "elsewhere", ["data"]) is False  # outside the project's directory: not cleaned
+    (wt / "sub" / "data").symlink_to(root)  # linked data of the project in sub/
+    (wt / "sub" / "out").mkdir()
+    (wt / "sub" / "out" / "a.bin").write_text("ignored\n")
+    (wt / "sub" / "new" / "deeper").mkdir(parents=True)
+    (wt / "sub" / "new" / "deeper" / "stray.txt").write_text("x\n")
+    assert co.reset(head, "sub", ["sub/data"]) is False  # git asked once which are ignored: none left for git clean
+    assert not (wt / "sub" / "new").exists() and (wt / "sub" / "out" / "a.bin").exists()
+    assert (wt / "sub" / "data").is_symlink()
+    (wt / "stray.txt").write_text("x\n")
+    assert co.reset(head, "sub", ["sub/data"]) is False and (wt / "stray.txt").exists()  # outside the project: kept
+    (wt / "sub" / "more" / "data").mkdir(parents=True)
+    (wt / "sub" / "more" / "data" / "x.txt").write_text("x\n")
+    assert co.reset(head, "sub", ["sub/data"]) is True  # `git clean -e data` keeps it (a pattern): git's call
     (root / ".git" / "info" / "exclude").write_text("/.nightlab/\nou?/\n")  # the same size, other rules
     with pytest.raises(Fallback):
-        co.status(["data"])
-    assert status(co, ["data"]) | {"data": False} == git_status(wt) == {"sub/stray.txt": False, "data": False}
+        co.status(["sub/data"])
+    assert status(co, ["sub/data"]) | {"sub/data": False} == git_status(wt) == {
+        "sub/more/data/x.txt": False, "stray.txt": False, "sub/data": False}
 
 
 def test_a_changed_gitignore_sends_the_question_back_to_git(root: Path) -> None:

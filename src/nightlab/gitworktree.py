@@ -149,8 +149,9 @@ class Checkout:
 
     # -- reset --------------------------------------------------------------------------------------------------
     def reset(self, commit: str, sub: str, linked: list[str]) -> bool:
-        """`git reset --hard <commit>` (a full object name); whether untracked files under `sub` (the project,
-        '' the top) remain for `git clean` to remove. Fallback where git must do it (nothing changed then)."""
+        """`git reset --hard <commit>` (a full object name), then `git clean -fd` under `sub` (the project, '' the
+        top) where this module can tell what it removes: whether `git clean` must still run. Fallback where git
+        must reset (nothing changed then)."""
         if self.why_slow or len(commit) != 40:
             raise Fallback(self.why_slow or "not a full object name")
         if busy := [name for name in BUSY if (self.gitdir / name).exists()]:
@@ -170,7 +171,10 @@ class Checkout:
         if old and len(old) == 40:
             self.store.refs.update("ORIG_HEAD", old, None, who, "updating ORIG_HEAD", "git.reset.orig")
         self.store.refs.update("HEAD", commit, None, who, f"reset: moving to {commit}", "git.reset.locked")
-        return stray
+        for path in stray or []:
+            (self.tree / path).unlink(missing_ok=True)
+            _prune(self.tree, path)
+        return stray is None
 
     def plan(self, index: gitindex.Index, target: dict[str, tuple[int, str]], scan: Scan,
              linked: list[str]) -> dict[str, bool]:
@@ -189,14 +193,16 @@ class Checkout:
         return plan
 
     def strays(self, index: gitindex.Index, target: dict[str, tuple[int, str]], scan: Scan, sub: str,
-               linked: list[str]) -> bool:
-        """Whether `git clean -fd` under `sub` would find something once the reset is done: an untracked file
-        neither linked nor ignored, or an empty directory (git is asked about ignored ones once: `learn`)."""
+               linked: list[str]) -> list[str] | None:
+        """The files `git clean -fd` under `sub` would remove once the reset is done: untracked, neither linked nor
+        ignored (git is asked about ignored ones once: `learn`); None where git must clean (an empty directory,
+        a file git was not asked about, one its `-e <linked>` patterns could keep)."""
         inside = [p for p in scan.files.keys() - index.entries.keys() - target.keys()
                   if (not sub or p.startswith(sub + "/")) and not covered(p, linked)]
-        inside += [d for d in scan.empty if not sub or d.startswith(sub + "/")]
+        if any(not sub or d.startswith(sub + "/") for d in scan.empty):
+            return None
         if not inside:
-            return False
+            return []
         try:
             learned = self._trusted(scan)
         except Fallback:
@@ -204,8 +210,15 @@ class Checkout:
             try:
                 learned = self._trusted(scan)
             except Fallback:  # git could not be followed (a nested repository): it cleans
-                return True
-        return any(learned.ignored_path(p) is not True for p in inside)
+                return None
+        known = [(p, learned.ignored_path(p)) for p in inside]
+        stray = [p for p, ignored in known if ignored is False]
+        patterns = [p[len(sub) + 1:] if sub else p for p in linked]  # git's `-e`, as the project names them
+        named = {part for p in patterns for part in p.split("/")}  # what they could match
+        if any(ignored is None for _, ignored in known) or any(named & set(p.split("/")) for p in stray) \
+                or any(c in p for p in patterns for c in "*?[\\!#"):
+            return None
+        return stray
 
     def apply(self, index: gitindex.Index, target: dict[str, tuple[int, str]], scan: Scan,
               plan: dict[str, bool]) -> dict[str, gitindex.Entry]:
