@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaoskit import chaos_env, finish, locks, resumed, start, worktree_troubles
-from nlkit import Project, idea, make_project, sub
+from nlkit import Project, git, idea, make_project, sub
 
 # Every step of a run and of verify, by nightlab's own points and by the git calls each step makes.
 # nightlab writes a trial's commit, its amended message and its ref itself (gitcommit.py): its git.* points stand
 # where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared").
+# Its resets are its own too (gitworktree.py): git.reset.* stand where `git reset --hard` wrote the index (its
+# lock written), ORIG_HEAD and HEAD (locks held); `git status` runs once an invocation, to learn what is ignored.
+RESET = ["git.reset.indexed", "git.reset.orig", "git.reset.locked"]
 POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "git.commit.written",
               "git.commit.locked", "trial.committed", "run.started", "run.finished", "git.amend.written",
-              "git.mark.locked", "trial.recorded", "report.written"]
+              "git.mark.locked", "trial.recorded", "report.written", *RESET]
 POINTS_OPTUNA = ["optuna.asked"]
-POINTS_VERIFY = ["verify.measured"]
-GIT_RUN = ["worktree add", "branch", "reset --hard", "clean", "status", "show", "rev-parse"]
-GIT_VERIFY = ["reset --hard", "clean"]  # its HEAD reads are nightlab's own now: fewer rev-parse calls than `most`
-REPEATED = {"reset --hard", "clean", "rev-parse"}  # made more than once by every invocation
-LOCKING = {"worktree add", "branch", "reset --hard"}  # git calls with a ref transaction: ":inside" can land there
+POINTS_VERIFY = ["verify.measured", *RESET]
+GIT_RUN = ["worktree add", "branch", "status", "show", "rev-parse"]
+GIT_VERIFY: list[str] = []  # its resets and HEAD reads are nightlab's own now
+REPEATED = {"rev-parse"}  # made more than once by every invocation
+LOCKING = {"worktree add", "branch"}  # git calls with a ref transaction: ":inside" can land there
 TRIAL_STEPS = ("trial.", "run.", "git.")  # named points only an invocation that runs a trial reaches
 
 # The scripted agent's ideas: every outcome a trial can have.
@@ -79,7 +82,7 @@ def pick(rng: random.Random, named: list[str], words: list[str], first: bool, mo
     if not first:
         named = [n for n in named if not n.startswith("start.")]
         words = [w for w in words if w not in ("worktree add", "branch")]
-    if rng.random() < 0.5:
+    if not words or rng.random() < 0.5:
         name = rng.choice(named)
         return name, {"crash_at": f"{name}#{rng.randint(1, most)}"}
     words_at = rng.choice(words)
@@ -189,6 +192,7 @@ def check(proj: Project, sc: Scenario, figures: Figures, checkout: tuple[str, st
         "no leftover process": leftover_processes(proj) == [],
         "no leftover cgroup": leftover_cgroups(figures.pids) == [],
         "user checkout untouched": user_checkout(proj) == checkout,
+        "worktree clean to git": git("status", "--porcelain", cwd=proj.worktree(), env=proj.env) == "",
     }
     broken = [name for name, ok in held.items() if not ok]
     assert not broken, f"invariants broken: {broken}"
