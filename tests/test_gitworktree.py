@@ -30,7 +30,8 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def git_status(wt: Path) -> dict[str, bool]:
     """What edits.changed_files read from git before: path → whether git tracks it."""
     out = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames"], cwd=wt,
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout  # the index as it is: no refresh
     return {e[3:]: not e.startswith("??") for e in out.split("\0") if e}
 
 
@@ -62,8 +63,11 @@ def test_the_status_is_gits_for_every_kind_of_change(root: Path) -> None:
     (wt / "link").symlink_to("sub/run.sh")  # a symlink pointing elsewhere
     (wt / "data").symlink_to(root)  # linked data: not an edit
     want = git_status(wt)
+    assert co.learn() == want  # git's answer, asked with the ignored paths beside it
     assert "run.log" not in want and "data" in want and want["deep/er/x.py"] is False
     assert status(co, ["data"]) == {p: t for p, t in want.items() if p != "data"}
+    (wt / "new.log").write_text("ignored too\n")  # a path git was not asked about: asked again
+    assert status(co, ["data"]) == {p: t for p, t in git_status(wt).items() if p != "data"}
     os.chmod(wt / "train.py", 0o755)  # the executable bit alone
     (wt / "sub" / "run.sh").unlink()
     assert status(co, ["data"]) == {p: t for p, t in git_status(wt).items() if p != "data"}
@@ -75,13 +79,14 @@ def test_a_rewrite_with_the_same_stat_is_seen_by_its_content(root: Path) -> None
     wt = root / WT
     co = checkout(root)
     co.reset(run_git("rev-parse", "HEAD", cwd=wt), "", [])
+    co.learn()
     (wt / "train.py").write_text("LR = 0.3\n")  # the same size
     index = gitindex.read(co.gitdir / "index")
     index.entries["train.py"].stat = gitindex.stat_data((wt / "train.py").lstat())
     lock = gitindex.Lock(co.gitdir / "index")
     lock.commit(index.entries, "test")
-    assert git_status(wt) == {"train.py": True}  # git compares the content of a racily clean entry
-    assert status(co) == {"train.py": True}
+    assert co.status([]) == {"train.py": True}
+    assert git_status(wt) == {"train.py": True}  # git compares the content of a racily clean entry too
     assert co.same(gitindex.read(co.gitdir / "index"), "sub/run.sh", (wt / "sub" / "run.sh").lstat())
 
 
@@ -157,6 +162,7 @@ def test_untracked_files_are_removed_as_git_clean_would_or_by_it(root: Path) -> 
     assert co.reset(head, "sub", ["sub/data"]) is False and (wt / "stray.txt").exists()  # outside the project: kept
     (wt / "sub" / "more" / "data").mkdir(parents=True)
     (wt / "sub" / "more" / "data" / "x.txt").write_text("x\n")
+    co.learn()  # known untracked, and yet
     assert co.reset(head, "sub", ["sub/data"]) is True  # `git clean -e data` keeps it (a pattern): git's call
     (root / ".git" / "info" / "exclude").write_text("/.nightlab/\nou?/\n")  # the same size, other rules
     with pytest.raises(Fallback):

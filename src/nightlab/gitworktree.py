@@ -310,9 +310,11 @@ class Checkout:
         """Every ignore rule's bytes (and where it comes from), to tell whether what git said still holds."""
         config = self.store.config
         xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        user = config.get("core.excludesfile") or str(xdg / "git" / "ignore")
+        user = os.path.expanduser(config.get("core.excludesfile") or str(xdg / "git" / "ignore"))
+        if not os.path.isabs(user):
+            raise Fallback("core.excludesFile is a relative path")
         sources = [("info/exclude", _read(self.store.objects.common / "info" / "exclude")),
-                   ("core.excludesFile", _read(Path(os.path.expanduser(user))))]
+                   ("core.excludesFile", _read(Path(user)))]
         hidden = self.learned.ignored_dirs if self.learned else set()  # git reads no rule in an ignored directory
         sources += sorted((p, data) for p, data in scan.rules if not any(p.startswith(d + "/") for d in hidden))
         return b"".join(b"%s\0%d\0%s" % (os.fsencode(where), len(data), data) for where, data in sources)
