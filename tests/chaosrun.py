@@ -18,8 +18,8 @@ from nlkit import Project, git, idea, make_project, sub
 # nightlab writes a trial's commit, its amended message and its ref itself (gitcommit.py): its git.* points stand
 # where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared").
 # Its resets are its own too (gitworktree.py): git.reset.* stand where `git reset --hard` wrote the index (its
-# lock written), ORIG_HEAD and HEAD (locks held); `git status` runs once an invocation, to learn what is ignored.
-RESET = ["git.reset.indexed", "git.reset.orig", "git.reset.locked"]
+# lock written) and moved HEAD (locks held); `git status` runs once an invocation, to learn what is ignored.
+RESET = ["git.reset.indexed", "git.reset.locked"]
 POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "git.commit.written",
               "git.commit.locked", "trial.committed", "run.started", "run.finished", "git.amend.written",
               "git.mark.locked", "trial.recorded", "report.written", *RESET]

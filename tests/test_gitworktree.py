@@ -145,6 +145,23 @@ def test_a_reset_leaves_what_git_reset_and_clean_leave(root: Path) -> None:
     assert run_git("fsck", "--strict", "--no-dangling", cwd=root) == ""
 
 
+def test_a_kept_trial_is_reset_to_without_rewriting_its_files(root: Path) -> None:
+    """After nightlab's own commit the index is still the parent's; the reset to the commit (a keep) finds the
+    edits already there: it takes their stat, and git sees the index and the files as the commit's."""
+    wt = root / WT
+    edit(wt)
+    trial = Repo(wt, root).commit(PATHS, "trial 1")
+    inode = (wt / "train.py").stat().st_ino
+    (wt / "sub" / "deep").rmdir()  # left empty by the edit: `git clean -fd`'s (reset() would say it must run)
+    assert checkout(root).reset(trial, "", []) is False
+    assert (wt / "train.py").stat().st_ino == inode and (wt / "train.py").read_text() == "LR = 0.2\n"
+    assert git_status(wt) == {} and run_git("diff", "HEAD", cwd=wt) == ""
+    staged = [(line.split()[0], line.split()[1], line.split("\t")[1])
+              for line in run_git("ls-files", "-s", cwd=wt).splitlines()]
+    assert staged == [(line.split()[0], line.split()[2], line.split("\t")[1])
+                      for line in run_git("ls-tree", "-r", trial, cwd=wt).splitlines()]
+
+
 def test_untracked_files_are_removed_as_git_clean_would_or_by_it(root: Path) -> None:
     wt = root / WT
     head = run_git("rev-parse", "HEAD", cwd=wt)
@@ -217,7 +234,7 @@ Checkout(Repo(Path(sys.argv[1]), Path(sys.argv[2]))).reset(sys.argv[3], "", [])
 """
 
 
-@pytest.mark.parametrize("point", ["git.reset.indexed", "git.reset.orig", "git.reset.locked"])
+@pytest.mark.parametrize("point", ["git.reset.indexed", "git.reset.locked"])
 def test_killed_in_a_reset(root: Path, point: str) -> None:
     wt = root / WT
     base = run_git("rev-parse", "HEAD", cwd=wt)

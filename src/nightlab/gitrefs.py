@@ -33,14 +33,14 @@ class Refs:
         self._packed: tuple[tuple[int, int, int], dict[str, str]] | None = None
 
     def path(self, name: str) -> Path:
-        return (self.gitdir if _own(name) else self.common) / name
+        return (self.gitdir if name.startswith(PER_WORKTREE) else self.common) / name
 
     def read(self, name: str) -> str | None:
         """What the ref holds: an object name, or `ref: <name>` for a symbolic one; None when there is none."""
         try:
             return self.path(name).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
-            return None if _own(name) else self.packed().get(name)
+            return None if name.startswith(PER_WORKTREE) else self.packed().get(name)
         except IsADirectoryError:
             return None
 
@@ -119,7 +119,7 @@ class Refs:
                     lock.unlink(missing_ok=True)
 
     def _log(self, ref: str, line: bytes) -> None:
-        log = (self.gitdir if _own(ref) else self.common) / "logs" / ref
+        log = (self.gitdir if ref.startswith(PER_WORKTREE) else self.common) / "logs" / ref
         wanted = self.log_updates == "always" or (self.log_updates == "true" and ref.startswith(LOGGED))
         if not wanted and not log.exists():
             return
@@ -129,11 +129,6 @@ class Refs:
             os.write(fd, line)
         finally:
             os.close(fd)
-
-
-def _own(name: str) -> bool:
-    """Whether a ref belongs to each worktree (HEAD, ORIG_HEAD and the other pseudorefs: no slash)."""
-    return name.startswith(PER_WORKTREE) or "/" not in name
 
 
 def _one_line(message: str) -> str:

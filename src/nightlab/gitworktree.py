@@ -1,7 +1,9 @@
 """A trial's worktree checked and put back by nightlab itself: what `git status` reports (changed, deleted and new
-files) and what `git reset --hard <commit>` does (files, index, ORIG_HEAD, HEAD), without their processes, where
-the answer is surely git's; else Fallback, and the caller runs git as before. They were three of a trial's git
-processes, after every agent's turn and every record.
+files) and what `git reset --hard <commit>` does (files, index, HEAD and its branch, reflogs), without their
+processes, where the answer is surely git's; else Fallback, and the caller runs git as before. They were three of
+a trial's git processes, after every agent's turn and every record. Left out: ORIG_HEAD, git's note of where a
+reset came from for a user to go back (nothing reads it in nightlab's worktrees; its lock and rename cost as much
+as the index's), and the rewrite of a file that already holds the blob the reset wants (its stat is taken again).
 
 Both read what git itself reads: the index (gitindex.py, racily clean entries compared by content), HEAD and the
 trees (gitobjects.py), and a scan of the worktree. What they do not decide is which untracked files are ignored
@@ -166,10 +168,7 @@ class Checkout:
             lock.commit(self.apply(index, target, scan, plan), "git.reset.indexed")
         finally:
             lock.release()
-        old = self.store.refs.resolve("HEAD")
         who = self.store.committer.line(ident_date(time.time()))
-        if old and len(old) == 40:
-            self.store.refs.update("ORIG_HEAD", old, None, who, "updating ORIG_HEAD", "git.reset.orig")
         self.store.refs.update("HEAD", commit, None, who, f"reset: moving to {commit}", "git.reset.locked")
         for path in stray or []:
             (self.tree / path).unlink(missing_ok=True)
@@ -183,8 +182,10 @@ class Checkout:
         plan = {p: False for p in index.entries.keys() - target.keys() if p in scan.files}
         for path, (mode, sha) in target.items():
             entry, st = index.entries.get(path), scan.files.get(path)
-            if entry is None or (entry.mode, entry.sha) != (mode, sha) or not self.same(index, path, st):
-                plan[path] = True
+            if entry is not None and (entry.mode, entry.sha) == (mode, sha) and self.same(index, path, st):
+                continue
+            if st is None or gitindex.file_mode(st) != mode or blob_name(self.tree / path, st) != sha:
+                plan[path] = True  # else it holds the blob already (a kept trial's edit): its stat is taken
         for path, write in plan.items():
             parts = path.split("/")
             ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
@@ -228,8 +229,9 @@ class Checkout:
         for path, (mode, sha) in target.items():
             if path not in plan:
                 st = scan.files[path]  # the same blob: stat kept, or taken again after a content check
-                old = index.entries[path]
-                entries[path] = old if index.unchanged(path, st) else gitindex.Entry(mode, sha, gitindex.stat_data(st))
+                old = index.entries.get(path)
+                kept = old is not None and (old.mode, old.sha) == (mode, sha) and index.unchanged(path, st)
+                entries[path] = old if kept and old else gitindex.Entry(mode, sha, gitindex.stat_data(st))
         for path in sorted(plan):
             full = self.tree / path
             if path in scan.files:
