@@ -26,7 +26,7 @@ from pathlib import Path
 from nightlab import gitindex
 from nightlab.gitcmd import git
 from nightlab.gitcommit import Repo, ident_date
-from nightlab.gitobjects import BLOB, EXEC, LINK, TREE, Fallback
+from nightlab.gitobjects import BLOB, EXEC, LINK, TREE, Fallback, Objects
 
 # A worktree in the middle of something git would end or refuse on a reset (a cherry-pick left open, a merge).
 BUSY = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE", "SQUASH_MSG",
@@ -255,71 +255,80 @@ class Checkout:
 
     # -- reading ------------------------------------------------------------------------------------------------
     def flat(self, tree: str) -> dict[str, tuple[int, str]]:
-        """Every file under `tree`: path → (index mode, blob); Fallback for a submodule or an attributes file."""
-        if (got := self._flat.get(tree)) is not None:
-            return got
-        out: dict[str, tuple[int, str]] = {}
-        stack = [("", tree)]
-        while stack:
-            prefix, sha = stack.pop()
-            for e in self.store.objects.tree(sha):
-                path = prefix + os.fsdecode(e.name)
-                if e.mode == TREE:
-                    stack.append((path + "/", e.sha))
-                elif e.mode not in MODES or e.name == b".gitattributes":
-                    raise Fallback(f"{path} is a submodule or an attributes file")
-                else:
-                    out[path] = (MODES[e.mode], e.sha)
-        if len(self._flat) >= FLAT_CACHED:
-            self._flat.pop(next(iter(self._flat)))
-        self._flat[tree] = out
-        return out
+        if (got := self._flat.get(tree)) is None:
+            if len(self._flat) >= FLAT_CACHED:
+                self._flat.pop(next(iter(self._flat)))
+            got = self._flat[tree] = flatten(self.store.objects, tree)
+        return got
 
     def scan(self, index: gitindex.Index) -> Scan:
-        """The worktree, but for its `.git` and the directories git said are ignored and hold nothing tracked;
-        Fallback for a nested repository, an attributes file or a file of another kind (a socket, a fifo)."""
         tracked_dirs = {"/".join(p.split("/")[:i]) for p in index.entries for i in range(1, p.count("/") + 1)}
-        skip = self.learned.ignored_dirs - tracked_dirs if self.learned else set()
-        out, stack = Scan(), [""]
-        while stack:
-            rel = stack.pop()
-            with os.scandir(self.tree / rel if rel else self.tree) as it:
-                found = list(it)
-            if rel and not found:
-                out.empty.append(rel)
-            for e in found:
-                path = f"{rel}/{e.name}" if rel else e.name
-                if e.name == ".git":
-                    if not rel:
-                        continue
-                    raise Fallback(f"{rel} holds a repository of its own")
-                if e.is_dir(follow_symlinks=False):
-                    out.dirs.add(path)
-                    if path not in skip:
-                        stack.append(path)
-                    continue
-                if e.name == ".gitattributes":  # tracked or not, it may change what git reads and writes
-                    raise Fallback(f"{path} may change what git checks out")
-                st = e.stat(follow_symlinks=False)
-                if gitindex.file_mode(st) is None:
-                    raise Fallback(f"{path} is neither a file nor a link")
-                out.files[path] = st
-                if e.name == ".gitignore":
-                    out.rules.append((path, _read(self.tree / path)))
-        return out
+        return scan(self.tree, self.learned.ignored_dirs - tracked_dirs if self.learned else set())
 
-    def rules(self, scan: Scan) -> bytes:
-        """Every ignore rule's bytes (and where it comes from), to tell whether what git said still holds."""
-        config = self.store.config
-        xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        user = os.path.expanduser(config.get("core.excludesfile") or str(xdg / "git" / "ignore"))
-        if not os.path.isabs(user):
-            raise Fallback("core.excludesFile is a relative path")
-        sources = [("info/exclude", _read(self.store.objects.common / "info" / "exclude")),
-                   ("core.excludesFile", _read(Path(user)))]
+    def rules(self, found: Scan) -> bytes:
         hidden = self.learned.ignored_dirs if self.learned else set()  # git reads no rule in an ignored directory
-        sources += sorted((p, data) for p, data in scan.rules if not any(p.startswith(d + "/") for d in hidden))
-        return b"".join(b"%s\0%d\0%s" % (os.fsencode(where), len(data), data) for where, data in sources)
+        return rules(self.store.objects.common, self.store.config, found, hidden)
+
+
+def flatten(objects: Objects, tree: str) -> dict[str, tuple[int, str]]:
+    """Every file under `tree`: path → (index mode, blob); Fallback for a submodule or an attributes file."""
+    out: dict[str, tuple[int, str]] = {}
+    stack = [("", tree)]
+    while stack:
+        prefix, sha = stack.pop()
+        for e in objects.tree(sha):
+            path = prefix + os.fsdecode(e.name)
+            if e.mode == TREE:
+                stack.append((path + "/", e.sha))
+            elif e.mode not in MODES or e.name == b".gitattributes":
+                raise Fallback(f"{path} is a submodule or an attributes file")
+            else:
+                out[path] = (MODES[e.mode], e.sha)
+    return out
+
+
+def scan(top: Path, skip: set[str]) -> Scan:
+    """The worktree at `top`, but for its `.git` and the directories in `skip` (ignored, nothing tracked in them);
+    Fallback for a nested repository, an attributes file or a file of another kind (a socket, a fifo)."""
+    out, stack = Scan(), [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(top / rel if rel else top) as it:
+            found = list(it)
+        if rel and not found:
+            out.empty.append(rel)
+        for e in found:
+            path = f"{rel}/{e.name}" if rel else e.name
+            if e.name == ".git":
+                if not rel:
+                    continue
+                raise Fallback(f"{rel} holds a repository of its own")
+            if e.is_dir(follow_symlinks=False):
+                out.dirs.add(path)
+                if path not in skip:
+                    stack.append(path)
+                continue
+            if e.name == ".gitattributes":  # tracked or not, it may change what git reads and writes
+                raise Fallback(f"{path} may change what git checks out")
+            st = e.stat(follow_symlinks=False)
+            if gitindex.file_mode(st) is None:
+                raise Fallback(f"{path} is neither a file nor a link")
+            out.files[path] = st
+            if e.name == ".gitignore":
+                out.rules.append((path, _read(top / path)))
+    return out
+
+
+def rules(common: Path, config: dict[str, str], found: Scan, hidden: set[str]) -> bytes:
+    """Every ignore rule's bytes (and where it comes from), to tell whether what git said still holds; `hidden`:
+    the ignored directories, whose .gitignore files git never reads."""
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = os.path.expanduser(config.get("core.excludesfile") or str(xdg / "git" / "ignore"))
+    if not os.path.isabs(user):
+        raise Fallback("core.excludesFile is a relative path")
+    sources = [("info/exclude", _read(common / "info" / "exclude")), ("core.excludesFile", _read(Path(user)))]
+    sources += sorted((p, data) for p, data in found.rules if not any(p.startswith(d + "/") for d in hidden))
+    return b"".join(b"%s\0%d\0%s" % (os.fsencode(where), len(data), data) for where, data in sources)
 
 
 def _read(path: Path) -> bytes:
