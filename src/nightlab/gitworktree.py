@@ -81,14 +81,15 @@ class Checkout:
         self.store, self.tree, self.gitdir = store, store.tree, store.refs.gitdir
         self.why_slow = store.why_slow or _why_slow(store.config)
         self.learned: Learned | None = None
+        self.unlearnable = False  # git's last answer could not be followed (a nested repository)
         self._flat: dict[str, dict[str, tuple[int, str]]] = {}
 
     # -- status -------------------------------------------------------------------------------------------------
     def status(self, linked: list[str]) -> dict[str, bool]:
         """The paths `git status --porcelain -uall` lists (repository's), linked data left out → whether git tracks
         each; Fallback where git must answer (then `learn`)."""
-        if self.why_slow:
-            raise Fallback(self.why_slow)
+        if self.why_slow or self.learned is None:  # unlearned: no scan of what may be a large ignored tree
+            raise Fallback(self.why_slow or "git has not said what is ignored")
         index = gitindex.read(self.gitdir / "index")
         head = self.store.refs.resolve("HEAD")
         if head is None or len(head) != 40:
@@ -133,6 +134,7 @@ class Checkout:
                 learned.rules = self.rules(self.scan(gitindex.read(self.gitdir / "index")))
             except Fallback:
                 self.learned = None
+        self.unlearnable = self.learned is None
         return files
 
     def _trusted(self, scan: Scan) -> Learned:
@@ -159,6 +161,8 @@ class Checkout:
         if busy := [name for name in BUSY if (self.gitdir / name).exists()]:
             raise Fallback(f"{busy[0]} exists")
         target = self.flat(self.store.objects.commit_tree(commit))
+        if self.learned is None and not self.unlearnable:  # the scan then skips ignored trees (a venv, a dataset)
+            self.learn()
         lock = gitindex.Lock(self.gitdir / "index")
         try:
             index = gitindex.read(self.gitdir / "index")
