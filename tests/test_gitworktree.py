@@ -88,6 +88,8 @@ def test_a_rewrite_with_the_same_stat_is_seen_by_its_content(root: Path) -> None
     assert co.status([]) == {"train.py": True}
     assert git_status(wt) == {"train.py": True}  # git compares the content of a racily clean entry too
     assert co.same(gitindex.read(co.gitdir / "index"), "sub/run.sh", (wt / "sub" / "run.sh").lstat())
+    os.chmod(wt / "sub" / "run.sh", 0o644)  # the executable bit alone: the same bytes
+    assert co.status([]) == git_status(wt) == {"train.py": True, "sub/run.sh": True}
 
 
 def reset_both(root: Path, commit: str, prepare: object) -> tuple[Path, Path]:
