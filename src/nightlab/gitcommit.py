@@ -36,8 +36,7 @@ def settings(repo: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         key, sep, value = line.partition("=")
-        if sep:
-            found[key] = value
+        found[key] = value if sep else "true"  # a key with no value is a boolean's true
     return found
 
 
@@ -129,7 +128,7 @@ class Repo:
 
     def __init__(self, tree: Path, repo: Path) -> None:
         self.tree = tree  # the worktree's top: git commands run there, paths are the repository's
-        config = settings(repo)
+        self.config = config = settings(repo)
         self.env = identity_overrides(config, os.environ)  # for the git processes that remain
         gitdir, common = gitdirs(tree)
         self.objects = Objects(common)
