@@ -99,7 +99,30 @@ def test_resume_gives_the_same_idea_and_then_the_next(project: Path) -> None:
     resumed = make(project, queue)
     assert resumed.propose(project / "ws", brief(1)).description == "first"
     assert resumed.propose(project / "ws", brief(2)).description == "second"
-    assert json.loads((project / "state" / "scripted.json").read_text()) == {"trials": {"1": 0, "2": 1}}
+    lines = (project / "state" / "scripted.json").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"trial": 1, "idea": 0}, {"trial": 2, "idea": 1}]
+
+
+def test_each_assignment_is_one_line_appended_and_a_line_a_kill_cut_is_dropped(project: Path) -> None:
+    queue = "".join(idea(f"idea {i}", "LR = 1e-3", f"LR = {i}e-3") for i in range(1, 5))
+    agent, state = make(project, queue), project / "state" / "scripted.json"
+    agent.propose(project / "ws", brief(1))
+    inode = state.stat().st_ino
+    (project / "ws" / "train.py").write_text(TRAIN)
+    agent.propose(project / "ws", brief(2))
+    assert state.stat().st_ino == inode  # appended, not written again
+    state.write_text(state.read_text() + '{"trial": 3, "id')  # a kill in the middle of trial 3's line
+    (project / "ws" / "train.py").write_text(TRAIN)
+    assert make(project, queue).propose(project / "ws", brief(3)).description == "idea 3"  # not applied: given again
+    assert state.read_text().endswith('{"trial": 3, "idea": 2}\n') and state.read_text().count("trial") == 3
+
+
+def test_an_older_nightlabs_state_is_read(project: Path) -> None:
+    queue = idea("first", "LR = 1e-3", "LR = 2e-3") + idea("second", "DEPTH = 4", "DEPTH = 5")
+    (project / "state").mkdir()
+    (project / "state" / "scripted.json").write_text(json.dumps({"trials": {"1": 0}}, indent=1) + "\n")
+    assert make(project, queue).propose(project / "ws", brief(2)).description == "second"
+    assert make(project, queue).propose(project / "ws", brief(1)).description == "first"
 
 
 def test_exhausted_when_no_ideas_remain(project: Path) -> None:

@@ -179,6 +179,25 @@ def test_the_deltas_of_keeps_come_in_order_without_the_others(tmp_path: Path) ->
         ledger.close()
 
 
+def test_the_best_is_read_again_only_after_a_change_by_this_ledger_or_another(tmp_path: Path) -> None:
+    ledger, other = Ledger(tmp_path / "ledger.sqlite"), Ledger(tmp_path / "ledger.sqlite")
+    reads: list[str] = []
+    ledger.db.set_trace_callback(lambda sql: reads.append(sql) if "FROM trials" in sql else None)
+    try:
+        ledger.save(TrialRecord(n=0, status=Status.BASELINE, finished=1.0, commit_sha="a"))
+        assert ledger.best().commit_sha == "a" and ledger.best().commit_sha == "a"
+        assert len(reads) == 1  # asked twice, read once
+        ledger.save(TrialRecord(n=1, status=Status.KEEP, finished=2.0, commit_sha="b"))
+        assert ledger.best().commit_sha == "b"
+        other.save(TrialRecord(n=2, status=Status.KEEP, finished=3.0, commit_sha="c"))  # another connection
+        assert ledger.best().commit_sha == "c"
+        other.delete(2)
+        assert ledger.best().commit_sha == "b" and len(reads) == 4
+    finally:
+        ledger.close()
+        other.close()
+
+
 def test_a_tag_refuses_a_changed_identity_and_takes_keys_it_did_not_know(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     try:

@@ -97,6 +97,26 @@ def test_results_tsv_keeps_one_line_per_trial_in_order_and_never_breaks_a_row(tm
     assert len(path.read_text().splitlines()) == 3 and not path.with_suffix(".tmp").exists()
 
 
+def test_a_trial_recorded_last_is_appended_and_anything_else_writes_the_file_again(tmp_path: Path) -> None:
+    """Appended only to the file as the Tsv left it: the result is always what a whole write gives."""
+    path = tmp_path / "results.tsv"
+    trials = [TrialRecord(n=n, status=Status.DISCARD, commit_sha=f"{n:040d}", description=f"idea {n}")
+              for n in range(3)]
+    tsv = Tsv(path, "val_loss", trials[:1])
+    tsv.write()
+    inode = path.stat().st_ino
+    tsv.update(trials[1])
+    assert path.stat().st_ino == inode  # appended: the same file
+    path.write_text(path.read_text() + "a line someone added\n")
+    tsv.update(trials[2])  # not the file it left: written again
+    assert path.stat().st_ino != inode
+    trials[1].status = Status.CRASH
+    tsv.update(trials[1])  # not the last: written again
+    whole = tmp_path / "whole.tsv"
+    Tsv(whole, "val_loss", trials).write()
+    assert path.read_text() == whole.read_text()
+
+
 # -- commit messages ----------------------------------------------------------------------------------------------
 def test_a_kept_trials_commit_message_tells_its_result_against_the_best_before_it() -> None:
     best = TrialRecord(n=1, status=Status.KEEP, metric=1.0)

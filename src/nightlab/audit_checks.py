@@ -9,6 +9,7 @@ import ast
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Functions whose calls inside the timed loop do not make it a training step.
 COMMON_CALLS = {"print", "range", "len", "float", "int", "str", "min", "max", "abs", "sum", "enumerate", "zip",
@@ -304,5 +305,12 @@ CHECKS = (metric_sites, evaluation_sites, data_sites, time_sites, state_sites, s
 
 
 def sites(text: str, metric: str, splits: dict[str, list[str]]) -> list[Site]:
-    src = Source(text, metric, splits)
-    return [s for check in CHECKS for s in check(src)]
+    return list(_sites(text, metric, tuple((k, tuple(v)) for k, v in splits.items())))
+
+
+@lru_cache(maxsize=16)
+def _sites(text: str, metric: str, splits: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[Site, ...]:
+    """A file's sites, remembered for the next trials: most start from the same best, whose file is read again
+    for each (a SyntaxError is not remembered: it is raised again)."""
+    src = Source(text, metric, {k: list(v) for k, v in splits})
+    return tuple(s for check in CHECKS for s in check(src))

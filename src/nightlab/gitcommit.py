@@ -36,8 +36,7 @@ def settings(repo: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         key, sep, value = line.partition("=")
-        if sep:
-            found[key] = value
+        found[key] = value if sep else "true"  # a key with no value is a boolean's true
     return found
 
 

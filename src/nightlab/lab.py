@@ -58,11 +58,12 @@ class Lab:
         scratchpad = pad.read_text(errors="replace") if pad.is_file() else ""
         # Without phases the brief shows the last RECENT trials and the last failure, one of the last few: a read
         # that does not grow with the ledger. Phase gates count a whole phase's trials.
-        window = None if program.has_phases(self.cfg) else program.RECENT + self.cfg.executor.slots + 1
+        written = program.read_program(self.cfg)  # once a trial: a user may edit it during the night
+        window = None if written[1] else program.RECENT + self.cfg.executor.slots + 1
         trials = self.ledger.trials(last=window)
         return program.brief(self.cfg, n, trials, self.best().metric, self.noise(), scratchpad,
                              self._failure_tail(trials) if tail else "", self.ledger.get("eval_se"), ws.dir,
-                             reply(self.agent))
+                             reply(self.agent), written)
 
     def _failure_tail(self, trials: list[TrialRecord]) -> str:
         """The end of the last finished trial's log when it crashed or timed out (the agent should see why)."""

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from copy import deepcopy
+from copy import copy, deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +138,8 @@ _NAMES = tuple(f.name for f in fields(TrialRecord))
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.saves = 0  # changes to the trials table through this connection
+        self._best: tuple[tuple[int, int], TrialRecord | None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
@@ -203,11 +205,13 @@ class Ledger:
         for k in _JSON:
             row[k] = json.dumps(row[k])
         cols = ", ".join(row)
+        self.saves += 1
         with self.db:
             self.db.execute(f"INSERT OR REPLACE INTO trials ({cols}) VALUES ({', '.join('?' * len(row))})",
                             list(row.values()))
 
     def delete(self, n: int) -> None:
+        self.saves += 1
         with self.db:
             self.db.execute("DELETE FROM trials WHERE n = ?", (n,))
             self.db.execute("DELETE FROM examples WHERE trial = ?", (n,))
@@ -260,9 +264,15 @@ class Ledger:
         return next(iter(self.trials(last=1)), None)
 
     def best(self) -> TrialRecord | None:
-        """The baseline or keep recorded last (a rebased trial may be kept after a later-numbered one); None before."""
-        return next(iter(self._records("WHERE status IN (?, ?) ORDER BY finished DESC, n DESC LIMIT 1",
-                                       Status.BASELINE, Status.KEEP)), None)
+        """The baseline or keep recorded last (a rebased trial may be kept after a later-numbered one); None before.
+        Read again only after a change to the trials (a trial asks for it several times): by this connection
+        (`saves`), or by another one (SQLite's data_version)."""
+        now = (self.saves, self.db.execute("PRAGMA data_version").fetchone()[0])
+        if self._best is None or self._best[0] != now:
+            found = next(iter(self._records("WHERE status IN (?, ?) ORDER BY finished DESC, n DESC LIMIT 1",
+                                            Status.BASELINE, Status.KEEP)), None)
+            self._best = (now, found)
+        return copy(self._best[1])
 
     def last_reason(self, status: str) -> str:
         """The reason the last trial with `status` gives ('' when none has it)."""

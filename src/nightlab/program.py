@@ -114,14 +114,15 @@ def editable_text(cfg: Config, workdir: Path) -> str:
 
 def brief(cfg: Config, n: int, trials: list[TrialRecord], best: float | None, noise: float | None,
           scratchpad: str, failure_tail: str, eval_se: float | None = None, workdir: Path | None = None,
-          reply: str = "") -> Brief:
+          reply: str = "", program: tuple[str, list[Phase]] | None = None) -> Brief:
     """What the agent is told for trial `n`. `reply` is the agent's own closing instructions (agents.reply), last
     since small models do what the last paragraph says; with it, small editable files in `workdir` are shown.
 
     What stays the same from trial to trial (program.md, the phase, the rules, the files until a keep) comes
     first and what changes (the trial, the standings, the scratchpad) after it, so that a server's prompt
-    cache reuses the first part: on a CPU, reading the prompt is most of a local model's time."""
-    general, phases = read_program(cfg)
+    cache reuses the first part: on a CPU, reading the prompt is most of a local model's time. `program`:
+    read_program(cfg), when the caller has it already."""
+    general, phases = program or read_program(cfg)
     phase = current_phase(phases, trials, cfg)
     parts = [general, f"## Current phase: Phase {phase.number} — {phase.title}\n\n{phase.body}" if phase else "",
              rules(cfg), editable_text(cfg, workdir) if reply and workdir else ""]

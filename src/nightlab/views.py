@@ -105,21 +105,47 @@ def write_tsv(trials: list[TrialRecord], metric_name: str, path: Path) -> None:
 
 class Tsv:
     """results.tsv kept up to date trial by trial: each trial's line is made once, when it is recorded, so a
-    night's thousandth trial costs what its first did (no ledger read, only the file written out again)."""
+    night's thousandth trial costs what its first did (no ledger read; a trial recorded after every other is one
+    line appended, anything else the file written out again, to a temporary file renamed over it).
+
+    A line is appended only to the file exactly as this object left it (same file, same size: anything else,
+    a user's edit included, is written out again); a resume writes the whole file again from the ledger
+    (Loop.recover), whatever a kill left."""
 
     def __init__(self, path: Path, metric_name: str, trials: list[TrialRecord]) -> None:
         self.path = path
         self.head = "\t".join(["commit", metric_name, "memory_gb", "status", "description", *TSV_EXTRAS])
         self.lines = {t.n: _tsv_line(t) for t in trials}
+        self.left: tuple[int, int] | None = None  # (inode, size) of the file as this object last left it
 
     def update(self, rec: TrialRecord) -> None:
+        last = rec.n > max(self.lines, default=-1)
         self.lines[rec.n] = _tsv_line(rec)
-        self.write()
+        if not (last and self._append(self.lines[rec.n] + "\n")):
+            self.write()
+
+    def _append(self, line: str) -> bool:
+        """Whether `line` went to the end of the file as this object left it."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            data = line.encode()
+            if (st.st_ino, st.st_size) != self.left or os.write(fd, data) != len(data):
+                return False
+            self.left = (st.st_ino, st.st_size + len(data))
+            return True
+        finally:
+            os.close(fd)
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join([self.head, *(self.lines[n] for n in sorted(self.lines))]) + "\n")
+        data = ("\n".join([self.head, *(self.lines[n] for n in sorted(self.lines))]) + "\n").encode()
+        tmp.write_bytes(data)
         os.replace(tmp, self.path)
+        self.left = (os.stat(self.path).st_ino, len(data))
 
 
 def _tsv_line(t: TrialRecord) -> str:

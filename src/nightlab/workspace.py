@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab import crashpoint, edits, gitcommit, gitworktree, repair
+from nightlab import crashpoint, edits, gitcommit, gitdiff, gitworktree, repair
 from nightlab.config import CONFIG_NAME, same_but_endpoint
 from nightlab.errors import NightlabError, UsageError
 from nightlab.gitcmd import NO_HOOKS, git
@@ -330,4 +330,5 @@ class Workspace:
         return io.TextIOWrapper(io.BytesIO(data)).read().rstrip("\n")  # as a text-mode subprocess would read it
 
     def patch(self, commit: str) -> str:
-        return self._git("show", "--format=", commit, "--", ".")
+        """`git show --format= <commit> -- .`: the commit's change under the project, as git prints it."""
+        return gitdiff.patch(self.store, commit, self.sub.as_posix(), self.dir)

@@ -32,6 +32,7 @@ class ScriptedAgent(Agent):
         self.queue_path = queue if queue.is_absolute() else config.root / queue
         self.ideas = load_queue(self.queue_path)
         self.state_path = Path(state_dir) / STATE_NAME
+        self.known: tuple[tuple[int, int], dict[str, int]] | None = None  # the file as this agent left it
 
     def propose(self, workspace: Path, brief: Brief) -> Proposal:
         index = self._assign(brief.trial)
@@ -54,7 +55,7 @@ class ScriptedAgent(Agent):
 
     def _assign(self, trial: int) -> int:
         """The idea index for `trial`, recorded before it is applied so a malformed idea still counts as used."""
-        assigned = self._load_state()
+        assigned, whole = self._state()
         if str(trial) in assigned:
             return assigned[str(trial)]
         index = max(assigned.values(), default=-1) + 1
@@ -62,19 +63,51 @@ class ScriptedAgent(Agent):
             raise AgentExhausted(f"all {len(self.ideas)} ideas in {self.queue_path} have been tried")
         assigned[str(trial)] = index
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"trials": assigned}, indent=1) + "\n")
-        tmp.replace(self.state_path)  # atomic, so a crash never leaves half a map
+        if whole:  # one line more: a night's thousandth trial writes what its first did
+            fd = os.open(self.state_path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, _line(trial, index))
+            finally:
+                os.close(fd)
+        else:  # a new state, an older nightlab's, or one a kill cut: written whole, atomically
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_bytes(b"".join(_line(int(t), i) for t, i in assigned.items()))
+            tmp.replace(self.state_path)
+        st = self.state_path.stat()
+        self.known = ((st.st_ino, st.st_size), assigned)
         return index
 
-    def _load_state(self) -> dict[str, int]:
-        if not self.state_path.is_file():
-            return {}
+    def _state(self) -> tuple[dict[str, int], bool]:
+        """_load_state(), read again only when the file is not as this agent left it."""
         try:
-            return dict(json.loads(self.state_path.read_text())["trials"])
-        except (ValueError, KeyError, TypeError) as e:
+            st = self.state_path.stat()
+        except FileNotFoundError:
+            return {}, False
+        if self.known is not None and self.known[0] == (st.st_ino, st.st_size):
+            return self.known[1], True
+        return self._load_state()
+
+    def _load_state(self) -> tuple[dict[str, int], bool]:
+        """Trial → idea index, and whether the file is whole in this format (a line may be appended to it).
+
+        One JSON line a trial, appended when it is assigned: a line cut by a kill (no newline yet) was never
+        applied, and is dropped. An older nightlab's state, one JSON object, is read too."""
+        if not self.state_path.is_file():
+            return {}, False
+        text = self.state_path.read_text()
+        try:
+            if text.startswith("{\n") or text.startswith('{"trials"'):
+                return {str(k): int(v) for k, v in json.loads(text)["trials"].items()}, False
+            lines = text.split("\n")
+            rows = [json.loads(line) for line in lines[:-1]]
+            return {str(row["trial"]): int(row["idea"]) for row in rows}, not lines[-1]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             why = f"unreadable agent state ({e}); delete it to start the queue over"
             raise UsageError(f"{self.state_path}: {why}") from None
+
+
+def _line(trial: int, index: int) -> bytes:
+    return json.dumps({"trial": trial, "idea": index}).encode() + b"\n"
 
 
 def load_queue(path: Path) -> list[dict]:

@@ -28,8 +28,10 @@ log = logging.getLogger("nightlab.report")
 Notify = Callable[[Event, TrialRecord], None]
 # At most one rewrite per REFRESH_S while a run goes on (a real trial takes minutes, so each still gets its
 # own); the last state is always written when the run stops. Sub-second trials would otherwise spend more
-# time drawing charts than training.
+# time drawing charts than training. A report that takes long to draw (it grows with the trials) waits longer, so
+# that drawing takes at most 1/(1 + SPACING) of a core, whatever the night's length.
 REFRESH_S = 3.0
+SPACING = 5
 
 
 def write_atomic(path: Path, content: bytes) -> None:
@@ -128,8 +130,10 @@ class Regenerator:
                 if self.mlflow is not None:
                     self._safely("mlflow", partial(self.mlflow.log, rec))
             if regenerate:
+                started = time.monotonic()
                 self._safely("report", self._write)
-                self.next_write = time.monotonic() + REFRESH_S
+                now = time.monotonic()
+                self.next_write = now + max(REFRESH_S, SPACING * (now - started))
 
     def _write(self) -> None:
         note = self.drawer.write() if self.drawer is not None else write_report(self.cfg, self.tag)[1]
