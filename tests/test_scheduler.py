@@ -11,6 +11,8 @@ more (LOST_RETRIES = 1), a winner is rebased at most twice (MAX_REBASES = 2).
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -283,6 +285,42 @@ def test_a_proposal_cut_short_is_made_again_under_the_same_number(tmp_path: Path
     assert [(r["n"], r["status"], r["description"]) for r in rows] == [
         (0, "baseline", "baseline"), (1, "keep", "A up"), (2, "keep", "B up")]
     assert lab.fake.ids() == ["0.0a0s1", "1.0a0s2", "2.0a0s2"]
+
+
+class NotesTurns(ScriptedAgent):
+    """The scripted agent, noting as each turn starts which earlier trials' proposals have ended (a proposal
+    writes its diff last). Trial 1's turn returns only once trial 2's thread has started, with a long transcript:
+    trial 2's turn then had every chance to start while trial 1's proposal was still being recorded."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.ended: dict[int, list[int]] = {}
+
+    def propose(self, workspace: Path, brief: Brief) -> Proposal:
+        runs = self.state_path.parent / "runs"
+        self.ended[brief.trial] = [n for n in range(1, brief.trial) if (runs / str(n) / "diff.patch").exists()]
+        proposal = super().propose(workspace, brief)
+        if brief.trial == 1:
+            deadline = time.monotonic() + 60  # only keeps a broken loop from hanging the test
+            while sum(t.name == "nightlab-agent" for t in threading.enumerate()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            proposal.transcript += "x" * 2_000_000
+        return proposal
+
+
+def test_an_agent_that_is_not_concurrent_takes_its_turns_in_order_and_its_trials_queue_in_order(tmp_path: Path) -> None:
+    # Pipelined, trials 1 and 2 are proposed at once, in threads. Before, a lock kept the agent's turns apart but
+    # let trial 2's turn start as trial 1's agent call returned: trial 2 could win the lock (and trial 1's idea),
+    # or end first while trial 1 committed, and so run first.
+    ideas = [idea("A up", sub("A = 0.0", "A = 0.1")), idea("B up", sub("B = 0.0", "B = 0.2")),
+             idea("C up", sub("C = 0.0", "C = 0.05"))]
+    lab = make_lab(tmp_path, loss, ideas=ideas)
+    lab.agent = agent = NotesTurns(config.load(lab.proj.dir / "nightlab.toml"), lab.proj.state(TAG))
+    assert lab.run(max_trials=3, pipeline=True) == "reached --max-trials 3"
+    check_git(lab)
+    assert agent.ended == {1: [], 2: [1], 3: [1, 2]}  # each turn after the last one's proposal had ended
+    assert [(r["n"], r["description"]) for r in lab.trials()][1:] == [(1, "A up"), (2, "B up"), (3, "C up")]
+    assert [parse(i)[0] for i in lab.fake.ids()] == [0, 1, 2, 3]  # and the trials ran in that order
 
 
 # -- when the agent stops ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab import crashpoint, frontier
-from nightlab.agents import Agent, describe
+from nightlab.agents import Agent, capable, describe
 from nightlab.baseline import Baseline
 from nightlab.config import Config
 from nightlab.executors import Executor
@@ -37,7 +37,7 @@ class Loop:
                  state_dir: Path, notify: Callable[[Event, TrialRecord], None] = lambda event, rec: None,
                  pipeline: bool = False) -> None:
         self.lab = Lab(cfg, ws, ledger, agent, state_dir, notify)
-        self.scheduler = Scheduler(executor, ws, pipeline)
+        self.scheduler = Scheduler(executor, ws, pipeline, serial=not capable(agent, "concurrent"))
         self.failures = 0  # proposals rejected in a row
         self.stop: str | None = None
         self.redo: list[int] = []  # proposals cut short below a trial that was committed: made again under their n

@@ -2,8 +2,11 @@
 
 With one slot (and no pipeline) everything happens in the caller's thread, one step after another. With K
 slots up to K trials are in flight (K+1 with `pipeline`: the agent prepares the next trial while the slots
-train), each in a worktree of its own. A trial that has run before goes ahead of new ones. The scheduler
-decides nothing about a trial: it starts what the trial asks for and hands back what finished.
+train), each in a worktree of its own. A trial that has run before goes ahead of new ones. An agent that
+cannot work on two trials at once takes its turns in the order the trials were numbered, each after the last
+has ended, so its proposals end, and their trials queue to run, in that order too (the scripted agent's
+idea n is trial n's). The scheduler decides nothing about a trial: it starts what the trial asks for and
+hands back what finished.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ class Ran:
 
 
 class Scheduler:
-    def __init__(self, executor: Executor, branch: Workspace, pipeline: bool = False) -> None:
+    def __init__(self, executor: Executor, branch: Workspace, pipeline: bool = False, serial: bool = True) -> None:
         self.executor = executor
+        self.serial = serial  # the agent's turns one after another (it is not `concurrent`)
+        self.last_turn: Future | None = None
         self.capacity = executor.slots + int(pipeline)
         self.inline = self.capacity == 1  # propose in this thread: Ctrl-C reaches the agent directly
         self.trials: dict[int, Trial] = {}  # in flight, by number
@@ -69,7 +74,9 @@ class Scheduler:
         """The agent's turn for `trial`; wait() hands back its end."""
         self.trials[trial.rec.n] = trial
         if not self.inline:
-            self.proposals[in_thread(trial.make, brief)] = trial
+            # A lock alone would let a later turn win it, or end first while the earlier one commits.
+            turn = in_thread(trial.make, brief, after=self.last_turn if self.serial else None)
+            self.proposals[turn], self.last_turn = trial, turn
             return
         try:
             trial.make(brief)
@@ -117,7 +124,8 @@ class Scheduler:
         while not futures:  # short waits keep Ctrl-C prompt
             futures, _ = wait([*self.jobs, *self.proposals], timeout=1.0, return_when=FIRST_COMPLETED)
         ended: list[Proposed | Ran] = []
-        for fut in futures:
+        # proposals that ended together queue to run in their trials' order, not the set's
+        for fut in sorted(futures, key=lambda f: self.proposals[f].rec.n if f in self.proposals else -1):
             if fut in self.proposals:
                 ended.append(Proposed(self.proposals.pop(fut), fut.exception()))
                 continue
@@ -167,12 +175,15 @@ class Worktrees:
             self.idle.append(ws)
 
 
-def in_thread(fn: Callable, *args: object) -> Future:
-    """Run `fn` in a daemon thread (an agent stuck in a call must not keep nightlab from exiting)."""
+def in_thread(fn: Callable, *args: object, after: Future | None = None) -> Future:
+    """Run `fn` in a daemon thread (an agent stuck in a call must not keep nightlab from exiting), once `after`
+    has ended (however it ended)."""
     fut: Future = Future()
 
     def work() -> None:
         try:
+            while after is not None and not after.done():  # short waits: a Ctrl-C raised here lands promptly
+                wait([after], timeout=1.0)
             fut.set_result(fn(*args))
         except BaseException as e:  # handed to the main thread, which re-raises what it does not expect
             fut.set_exception(e)
