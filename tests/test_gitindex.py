@@ -120,3 +120,29 @@ def test_the_lock_keeps_git_and_nightlab_from_writing_the_index_at_once(wt: Path
     assert third.path.exists()
     third.release()
     assert not third.path.exists()
+
+
+def test_the_caches_git_keeps_in_the_index_are_dropped_and_git_does_without_them(wt: Path) -> None:
+    """TREE (the trees of the last commit) and UNTR (the untracked files last seen) are optional extensions: an
+    index without them is still whole to git, which makes them again when it needs them."""
+    (wt / "notes.md").write_text("untracked\n")
+    run_git("commit", "-q", "--allow-empty", "-m", "git writes its tree cache", cwd=wt)
+    run_git("update-index", "--untracked-cache", cwd=wt)
+    run_git("status", "--porcelain", cwd=wt)  # fills the untracked cache
+    path = index_path(wt)
+    data = path.read_bytes()
+    assert b"TREE" in data and b"UNTR" in data
+    index = gitindex.read(path)
+    lock = gitindex.Lock(path)
+    try:
+        lock.commit(index.entries, "test.index.written")
+    finally:
+        lock.release()
+    mine = path.read_bytes()
+    assert b"TREE" not in mine and b"UNTR" not in mine
+    assert gitindex.read(path).entries == index.entries
+    assert run_git("status", "--porcelain", cwd=wt) == "?? notes.md"
+    (wt / "train.py").write_text("LR = 0.5\n")
+    run_git("commit", "-qam", "a commit from the index nightlab wrote", cwd=wt)
+    assert run_git("show", "HEAD:train.py", cwd=wt) == "LR = 0.5"
+    assert run_git("fsck", "--no-progress", cwd=wt) == ""
