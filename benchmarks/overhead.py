@@ -3,8 +3,10 @@ a pipe), a no-op train.py, the scripted agent. A trial's wall time is the time f
 the next one's (everything the harness does for it: brief, proposal, commit, sandboxed run, decision, record,
 views); its overhead is that minus the run's own time (the ledger's run seconds). Beside it, the floor: a plain
 `subprocess.run` of the same command. Sessions are interleaved (process, bwrap, floor, ...); medians and p90 over
-all trials of all sessions. On a loaded machine wall times swing; the CPU time a session takes (nightlab, its git
-processes and the runs, start-up included) per trial, beside the floor's per run, shows the work itself.
+all trials of all sessions, and over each session's second half alone (the report's process is started with the
+session and imports matplotlib while the first trials run: a night's steady state is the second half). On a
+loaded machine wall times swing; the CPU time a session takes (nightlab, its git processes and the runs, start-up
+included) per trial, beside the floor's per run, shows the work itself.
 
 Usage: python benchmarks/overhead.py [TRIALS] [SESSIONS] [SANDBOX...]   (default 30 trials, 3 sessions, process bwrap)
 """
@@ -119,7 +121,7 @@ def floor(n: int) -> tuple[list[float], float]:
 
 def summary(seconds: list[float]) -> str:
     ms = sorted(1000 * s for s in seconds)
-    p90 = statistics.quantiles(ms, n=10)[-1] if len(ms) > 1 else ms[0]
+    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
     return f"median {statistics.median(ms):6.1f} ms   p90 {p90:6.1f} ms   max {ms[-1]:6.1f} ms   ({len(ms)} trials)"
 
 
@@ -128,15 +130,18 @@ def main() -> None:
     sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     backends = sys.argv[3:] or ["process", "bwrap"]
     got: dict[str, list[float]] = defaultdict(list)
+    late: dict[str, list[float]] = defaultdict(list)  # each session's second half
     cpus: dict[str, list[float]] = defaultdict(list)
     for _ in range(sessions):  # interleaved: a load spike hits every column alike
         for backend, (wall, used) in [*((b, session(n, b)) for b in backends), ("floor", floor(n))]:
             got[backend] += wall
+            late[backend] += wall[len(wall) // 2:]
             cpus[backend].append(used)
     print(f"per-trial overhead of `nightlab run` ({n} trials x {sessions} sessions, no-op train.py, scripted agent; "
           "trial wall time minus the run's own time)")
     for backend in backends:
         print(f"  {backend:<8} {summary(got[backend])}   CPU {1000 * statistics.median(cpus[backend]):5.1f} ms a trial")
+        print(f"  {'':<8} {summary(late[backend])}   (each session's second half)")
     print("floor: a plain subprocess.run of `python train.py` (its whole time)")
     print(f"  {'floor':<8} {summary(got['floor'])}   CPU {1000 * statistics.median(cpus['floor']):5.1f} ms a run")
 

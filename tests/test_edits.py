@@ -73,3 +73,21 @@ def test_ignored_files_are_no_edits(ws: Workspace) -> None:
     (ws.dir / "train.py").write_text(TRAIN.replace("LR = 0.1", "LR = 0.3"))
     assert ws.verify_edits() == {"train.py": True}
     assert (ws.dir / "data" / "cache.npy").exists()
+
+
+def test_a_new_file_whose_name_is_not_utf8_is_refused_in_a_line_the_ledger_can_hold(ws: Workspace,
+                                                                                     tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    name = os.fsdecode(b"caf\xe9.py")  # Latin-1: a name git and the file system take, UTF-8 text does not
+    (ws.dir / "train.py").write_text(TRAIN.replace("LR = 0.1", "LR = 0.2"))
+    (ws.dir / name).write_text("X = 1\n")
+    with pytest.raises(EditRejected) as refused:
+        ws.verify_edits()
+    message = str(refused.value)
+    assert "caf\ufffd.py" in message and "\n" not in message
+    db = sqlite3.connect(tmp_path / "reasons.sqlite")  # what the ledger does with a trial's reason
+    db.execute("CREATE TABLE t (reason TEXT)")
+    db.execute("INSERT INTO t VALUES (?)", (message,))
+    assert not (ws.dir / name).exists()  # put back like any other refused file

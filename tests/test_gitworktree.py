@@ -253,3 +253,48 @@ def test_killed_in_a_reset(root: Path, point: str) -> None:
         run_git("clean", "-fdq", "--", ".", cwd=wt)  # sub/new.md: the trial's, never in the index (as with git)
     assert git_status(wt) == {} and run_git("rev-parse", "nightlab/x", cwd=root) == base
     assert run_git("fsck", "--strict", "--no-dangling", cwd=root) == ""
+
+
+def git_status_bytes(wt: Path) -> dict[str, bool]:
+    """git_status, with names as bytes git gives them (a name need not be UTF-8), decoded as the OS decodes them."""
+    out = subprocess.run(["git", "-c", "core.quotePath=false", "status", "--porcelain=v1", "-z",
+                          "--untracked-files=all", "--no-renames"], cwd=wt, capture_output=True, check=True,
+                         env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout
+    return {os.fsdecode(e[3:]): not e.startswith(b"??") for e in out.split(b"\0") if e}
+
+
+def test_the_users_own_ignore_file_counts_and_a_change_to_it_is_noticed(root: Path) -> None:
+    """core.excludesFile (the user's global ignore file) hides paths as .gitignore does; its answer is trusted only
+    while the file holds the same bytes."""
+    wt = root / WT
+    user = root.parent / "home" / "ignore"
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text("*.tmp\n")
+    run_git("config", "core.excludesFile", str(user), cwd=root)
+    co = checkout(root)
+    (wt / "scratch.tmp").write_text("x\n")
+    (wt / "notes.md").write_text("y\n")
+    assert status(co) == git_status(wt) == {"notes.md": False}
+    user.write_text("*.md\n")  # the same paths, other rules: what was learned no longer holds
+    assert status(co) == git_status(wt) == {"scratch.tmp": False}
+    user.unlink()
+    assert status(co) == git_status(wt) == {"notes.md": False, "scratch.tmp": False}
+
+
+def test_a_name_that_is_not_utf8_is_answered_as_git_answers(root: Path) -> None:
+    wt = root / WT
+    co = checkout(root)
+    name = os.fsdecode(b"caf\xe9.py")  # Latin-1: an old project's file name
+    (wt / name).write_text("x = 1\n")
+    assert status(co) == git_status_bytes(wt) == {name: False}
+    run_git("add", "--", name, cwd=wt)
+    run_git("commit", "-qm", "a Latin-1 name", cwd=wt)
+    head = run_git("rev-parse", "HEAD", cwd=wt)
+    (wt / name).write_text("x = 2\n")
+    assert status(co) == git_status_bytes(wt) == {name: True}
+    try:
+        co.reset(head, "", [])
+    except Fallback:
+        run_git("reset", "--hard", "-q", head, cwd=wt)
+    assert (wt / name).read_text() == "x = 1\n"
+    assert git_status_bytes(wt) == {} and status(co) == {}

@@ -5,6 +5,7 @@ redoes. Each test drives the real loop; only training is fake, so each runs in a
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import threading
 from array import array
@@ -386,3 +387,23 @@ def test_keeps_recorded_while_the_clock_steps_back_stay_in_order(tmp_path: Path,
     assert [(r["status"], r["runs"]) for r in rows] == [("baseline", [1.0]), ("keep", [0.9]), ("keep", [0.8])]
     assert rows[2]["finished"] > rows[1]["finished"] > rows[0]["finished"]
     assert lab.git("rev-parse", f"nightlab/{TAG}") == rows[2]["commit_sha"]
+
+
+def test_a_file_named_in_bytes_that_are_not_utf8_is_refused_on_record_and_the_night_goes_on(tmp_path: Path) -> None:
+    """An agent may write any name the file system takes; git and the ledger see it, the trial is refused in a line
+    the ledger holds, the file is gone, and the next trial runs."""
+    stray = os.fsdecode(b"caf\xe9.py")
+
+    class Stray(Knobs):
+        def propose(self, workspace: Path, brief: Brief) -> Proposal:
+            if brief.trial == 1:
+                (workspace / stray).write_text("X = 1\n")
+            return super().propose(workspace, brief)
+
+    lab = make_lab(tmp_path, loss)
+    lab.agent = Stray({1: {"A": 0.1}, 2: {"B": 0.2}})
+    assert lab.run(max_trials=2) == "reached --max-trials 2"
+    rows = check_git(lab)
+    assert [r["status"] for r in rows] == ["baseline", "rejected", "keep"]
+    assert rows[1]["reason"].startswith("changed caf\ufffd.py (only ")
+    assert not (lab.proj.state(TAG) / "worktree" / stray).exists()

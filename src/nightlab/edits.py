@@ -36,7 +36,8 @@ def verify_edits(ws: Workspace) -> dict[str, bool]:
     files = changed_files(ws)
     bad = [f for f in files if f not in allowed]
     if bad:
-        rejected = EditRejected(f"changed {', '.join(bad)} (only {', '.join(sorted(allowed))} may change)")
+        shown = ", ".join(printable(f) for f in bad)
+        rejected = EditRejected(f"changed {shown} (only {', '.join(sorted(allowed))} may change)")
         rejected.diff = ws.diff()
         restore(ws, bad)
         raise rejected
@@ -45,6 +46,11 @@ def verify_edits(ws: Workspace) -> dict[str, bool]:
         rejected.diff = ws.diff()
         raise rejected
     return files
+
+
+def printable(name: str) -> str:
+    """A file name as text can hold it: bytes that are not UTF-8 (kept as surrogate escapes) shown as U+FFFD."""
+    return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
 def restore(ws: Workspace, files: list[str]) -> None:

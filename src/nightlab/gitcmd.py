@@ -16,11 +16,14 @@ QUIET = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
 def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> str:
-    # core.quotePath=false: paths come back as written ("modèle.py"), not as octal escapes
+    # core.quotePath=false: paths come back as written ("modèle.py"), not as octal escapes; a name that is not
+    # UTF-8 comes back as os.fsdecode gives it (surrogate escapes), the same string a scan of the directory finds
     proc = subprocess.run(["git", "-c", "core.quotePath=false", *args], cwd=cwd, capture_output=True, text=True,
+                          errors="surrogateescape",
                           env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0", **QUIET})
     if check and proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
+        said = said.encode(errors="surrogateescape").decode(errors="replace")  # one line any terminal can show
         command = next(a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c"))
         raise NightlabError(f"git {command} failed in {cwd}: {said}")
     return proc.stdout.rstrip("\n")

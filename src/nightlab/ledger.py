@@ -149,24 +149,10 @@ class Ledger:
             # git's own refs and objects, which git does not fsync either by default. FULL would fsync every
             # commit: 4-9 ms each here, five times a trial, more than all else the harness does for a trial.
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            migrate(self.db)
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise NightlabError(f"{path}: not a readable nightlab ledger ({e})") from None
-
-    def _migrate(self) -> None:
-        """Create what a new ledger lacks; bring a ledger from an older nightlab up to SCHEMA."""
-        trials = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone()
-        fresh = trials is None
-        self.db.executescript(SCHEMA)
-        done = self.migrations()
-        for name, step in MIGRATIONS.items():
-            if name in done:
-                continue
-            with self.db:
-                if not fresh:
-                    step(self.db)
-                self.db.execute("INSERT OR IGNORE INTO migrations VALUES (?, ?)", (name, time.time()))
 
     def migrations(self) -> list[str]:
         """The names of the migrations this ledger has (applied, or part of its schema from the start)."""
@@ -355,3 +341,18 @@ def _dicts(cur: sqlite3.Cursor) -> list[dict]:
     """A query's rows as {column: value}."""
     names = [c[0] for c in cur.description]
     return [dict(zip(names, row)) for row in cur]
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Create what a new ledger lacks; bring a ledger from an older nightlab up to SCHEMA."""
+    trials = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").fetchone()
+    fresh = trials is None
+    db.executescript(SCHEMA)
+    done = [row[0] for row in db.execute("SELECT name FROM migrations")]
+    for name, step in MIGRATIONS.items():
+        if name in done:
+            continue
+        with db:
+            if not fresh:
+                step(db)
+            db.execute("INSERT OR IGNORE INTO migrations VALUES (?, ?)", (name, time.time()))

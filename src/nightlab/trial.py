@@ -76,7 +76,7 @@ class Trial:
         try:
             rec.commit_sha, patch = _commit(rec, ws, proposal, "(no description)")
         except EditRejected as e:
-            (out / "diff.patch").write_text(getattr(e, "diff", ""))  # the refused attempt stays on record
+            (out / "diff.patch").write_text(getattr(e, "diff", ""), errors="surrogateescape")  # git's bytes, on record
             raise
         (out / "diff.patch").write_text(patch)
         crashpoint.reached("trial.committed")

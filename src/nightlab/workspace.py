@@ -180,31 +180,9 @@ class Workspace:
             repair.mend(self.repo)
         exists = bool(git("branch", "--list", self.branch, cwd=self.repo))
         if fresh:
-            if exists and self.creating.exists():  # a first start killed before its ledger existed
-                log.info("tag %r was never started fully (killed before its ledger existed): starting it again",
-                         self.tag)
-                self._undo_start()
-                exists = False
-            if exists:
-                raise UsageError(f"branch {self.branch} already exists but tag {self.tag!r} has no ledger to resume; "
-                                 "pick another --tag, or delete the branch "
-                                 f"(git worktree prune; git branch -D {self.branch})")
-            require_committed(self.repo, self.root, self.sub, self.editable)
-            if git("rev-parse", "--verify", "--quiet", "refs/heads/nightlab", cwd=self.repo, check=False):
-                raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {self.branch}; rename it")
-            self.creating.parent.mkdir(parents=True, exist_ok=True)
-            self.creating.write_text(self.branch + "\n")
-            git("branch", self.branch, "HEAD", cwd=self.repo)
-            crashpoint.reached("start.branch")
+            _new_branch(self, exists)
         elif not exists:
-            known = best and git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=self.repo, check=False)
-            if not known:
-                raise UsageError(f"branch {self.branch} is missing and the ledger's best commit is gone; "
-                                 f"cannot resume tag {self.tag!r}")
-            log.warning("branch %s was missing: made again at the best trial's commit %s", self.branch, best[:7])
-            with worktree_admin(self.repo):
-                git("worktree", "prune", cwd=self.repo)
-            git("branch", self.branch, best, cwd=self.repo)
+            _branch_again(self, best)
         try:
             self._attach(self.tree, self.branch)
         except BaseException:
@@ -332,3 +310,33 @@ class Workspace:
     def patch(self, commit: str) -> str:
         """`git show --format= <commit> -- .`: the commit's change under the project, as git prints it."""
         return gitdiff.patch(self.store, commit, self.sub.as_posix(), self.dir)
+
+
+def _new_branch(ws: Workspace, exists: bool) -> None:
+    """Workspace.open for a new tag: its branch at the user's HEAD (what a first start killed early made goes)."""
+    if exists and ws.creating.exists():  # a first start killed before its ledger existed
+        log.info("tag %r was never started fully (killed before its ledger existed): starting it again", ws.tag)
+        ws._undo_start()
+        exists = False
+    if exists:
+        raise UsageError(f"branch {ws.branch} already exists but tag {ws.tag!r} has no ledger to resume; "
+                         f"pick another --tag, or delete the branch (git worktree prune; git branch -D {ws.branch})")
+    require_committed(ws.repo, ws.root, ws.sub, ws.editable)
+    if git("rev-parse", "--verify", "--quiet", "refs/heads/nightlab", cwd=ws.repo, check=False):
+        raise UsageError(f"a branch named 'nightlab' exists, so git cannot create {ws.branch}; rename it")
+    ws.creating.parent.mkdir(parents=True, exist_ok=True)
+    ws.creating.write_text(ws.branch + "\n")
+    git("branch", ws.branch, "HEAD", cwd=ws.repo)
+    crashpoint.reached("start.branch")
+
+
+def _branch_again(ws: Workspace, best: str) -> None:
+    """Workspace.open on resume when the branch was deleted: made again at the ledger's best commit."""
+    known = best and git("rev-parse", "--verify", "--quiet", f"{best}^{{commit}}", cwd=ws.repo, check=False)
+    if not known:
+        raise UsageError(f"branch {ws.branch} is missing and the ledger's best commit is gone; "
+                         f"cannot resume tag {ws.tag!r}")
+    log.warning("branch %s was missing: made again at the best trial's commit %s", ws.branch, best[:7])
+    with worktree_admin(ws.repo):
+        git("worktree", "prune", cwd=ws.repo)
+    git("branch", ws.branch, best, cwd=ws.repo)
