@@ -25,7 +25,7 @@ POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "tr
               "git.mark.locked", "trial.recorded", "report.written", *RESET]
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured", *RESET]
-GIT_RUN = ["worktree add", "branch", "status", "show", "rev-parse"]
+GIT_RUN = ["worktree add", "branch", "status", "rev-parse"]  # `git show` is nightlab's own too (gitdiff.py)
 GIT_VERIFY: list[str] = []  # its resets and HEAD reads are nightlab's own now
 REPEATED = {"rev-parse"}  # made more than once by every invocation
 LOCKING = {"worktree add", "branch"}  # git calls with a ref transaction: ":inside" can land there
