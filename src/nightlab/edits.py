@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nightlab.errors import EditRejected, NightlabError
-from nightlab.gitcmd import NO_HOOKS, git
+from nightlab.gitcmd import NO_HOOKS, git, printable
 from nightlab.gitobjects import Fallback
 
 if TYPE_CHECKING:
@@ -46,11 +46,6 @@ def verify_edits(ws: Workspace) -> dict[str, bool]:
         rejected.diff = ws.diff()
         raise rejected
     return files
-
-
-def printable(name: str) -> str:
-    """A file name as text can hold it: bytes that are not UTF-8 (kept as surrogate escapes) shown as U+FFFD."""
-    return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
 def restore(ws: Workspace, files: list[str]) -> None:

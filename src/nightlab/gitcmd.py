@@ -23,7 +23,12 @@ def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
                           env={**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0", **QUIET})
     if check and proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
-        said = said.encode(errors="surrogateescape").decode(errors="replace")  # one line any terminal can show
         command = next(a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c"))
-        raise NightlabError(f"git {command} failed in {cwd}: {said}")
+        raise NightlabError(f"git {command} failed in {cwd}: {printable(said)}")
     return proc.stdout.rstrip("\n")
+
+
+def printable(text: str) -> str:
+    """git's text as any terminal and the ledger can hold it: bytes that were not UTF-8 (surrogate escapes) shown
+    as U+FFFD."""
+    return text.encode(errors="surrogateescape").decode(errors="replace")
