@@ -300,3 +300,23 @@ def test_help_for_every_command(tmp_path: Path) -> None:
     run_help = proj.nl("run", "--help").stdout
     for flag in ("--tag", "--agent", "--max-trials", "--hours", "--budget", "--sandbox"):
         assert flag in run_help
+
+
+@pytest.mark.parametrize("text", ["plain", "tab\there", ":thumbs_up: as an emoji code", "[bold]brackets[/] kept",
+                                  "a bell\x07 and \x1b[31mescapes", "wide 漢字 é", "back\\slash", "x" * 300, "cr\rlf"])
+def test_a_run_line_piped_is_what_rich_would_print(monkeypatch, text: str) -> None:
+    """`nightlab run` writes its lines itself when they go to a pipe or a file (rich's rendering costs more than the
+    rest of a fast trial's printing): the bytes must be rich's own."""
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from nightlab import cli
+
+    line = f"trial   3  [green]keep    [/]  0.99 (-0.01)   {escape(text)} [dim]{escape('[a reason]')}[/]"
+    rich_said, we_said = io.StringIO(), io.StringIO()
+    Console(file=rich_said, highlight=False, soft_wrap=True).print(line)
+    monkeypatch.setattr(cli, "console", Console(file=we_said, highlight=False, soft_wrap=True))
+    cli._say(line)
+    assert we_said.getvalue() == rich_said.getvalue() and "keep" in we_said.getvalue()

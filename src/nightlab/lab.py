@@ -36,6 +36,7 @@ class Lab:
     agent_lock: threading.Lock | None = field(init=False)
     example_cache: dict[int, per_example.Examples | None] = field(default_factory=dict, init=False)
     tsv: Tsv | None = field(default=None, init=False)
+    made: set[Path] = field(default_factory=set, init=False)  # run directories known to exist (run_dir)
 
     def __post_init__(self) -> None:
         # An agent that is not `concurrent` is asked by one trial at a time, whatever the slots.
@@ -120,6 +121,7 @@ class Lab:
         """Trial n never happened: its row and its run outputs go (it is proposed again, or not at all)."""
         self.ledger.delete(n)
         shutil.rmtree(self.run_dir(n), ignore_errors=True)
+        self.made.clear()
 
     def paired_se(self, examples: list[per_example.Examples], n: int) -> float | None:
         """The standard error of the per-example difference between runs' values and trial n's (None: unpaired)."""
@@ -136,10 +138,15 @@ class Lab:
     def forget_runs(self, n: int) -> None:
         """Trial n's run outputs, all of them (its runs start again); what the agent made for it stays."""
         clear(self.run_dir(n), keep=lambda name: name in PROPOSAL_FILES)
+        self.made.clear()
 
     def run_dir(self, n: int, k: int = 0) -> Path:
+        """runs/<n> (k = 0) or runs/<n>/repeat-<k>, made once: a trial asks for it a few times, and only drop()
+        and forget_runs() remove one."""
         path = self.state_dir / "runs" / str(n) / (f"repeat-{k}" if k else "")
-        path.mkdir(parents=True, exist_ok=True)
+        if path not in self.made:
+            path.mkdir(parents=True, exist_ok=True)
+            self.made.add(path)
         return path
 
 
