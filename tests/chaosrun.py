@@ -16,12 +16,16 @@ from nlkit import Project, git, idea, make_project, sub
 
 # Every step of a run and of verify, by nightlab's own points and by the git calls each step makes.
 # nightlab writes a trial's commit, its amended message and its ref itself (gitcommit.py): its git.* points stand
-# where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared").
+# where `git commit`, `git commit-tree` and `git update-ref` were (objects written; locks held, as git's "prepared";
+# a trial's commit moves no ref, so it holds no lock).
 # Its resets are its own too (gitworktree.py): git.reset.* stand where `git reset --hard` wrote the index (its
 # lock written) and moved HEAD (locks held); `git status` runs once an invocation, to learn what is ignored.
 RESET = ["git.reset.indexed", "git.reset.locked"]
+# A reset holds the ref locks only when HEAD moves (gitworktree.py): the first arrival is the only one every
+# verify surely makes (its worktree may already be at the baseline; a seed's reset to the same commit moves nothing).
+SURE_AT_MOST = {"git.reset.locked": 1}
 POINTS_RUN = ["start.branch", "start.worktree", "start.ledger", "recovered", "trial.briefed", "git.commit.written",
-              "git.commit.locked", "trial.committed", "run.started", "run.finished", "git.amend.written",
+              "trial.committed", "run.started", "run.finished", "git.amend.written",
               "git.mark.locked", "trial.recorded", "report.written", *RESET]
 POINTS_OPTUNA = ["optuna.asked"]
 POINTS_VERIFY = ["verify.measured", *RESET]
@@ -84,7 +88,7 @@ def pick(rng: random.Random, named: list[str], words: list[str], first: bool, mo
         words = [w for w in words if w not in ("worktree add", "branch")]
     if not words or rng.random() < 0.5:
         name = rng.choice(named)
-        return name, {"crash_at": f"{name}#{rng.randint(1, most)}"}
+        return name, {"crash_at": f"{name}#{rng.randint(1, min(most, SURE_AT_MOST.get(name, most)))}"}
     words_at = rng.choice(words)
     k = rng.randint(1, max(2, most)) if words_at in REPEATED else 1
     mode = rng.choice(["", ":inside"]) if words_at in LOCKING else ""  # elsewhere the hook never runs

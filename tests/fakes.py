@@ -15,7 +15,6 @@ job's run directory, as a run leaves its log, so a test can see what a retry or 
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -64,8 +63,7 @@ def failed(job: Job, status: Status = Status.CRASH, reason: str = "exit code 1",
 
 @dataclass
 class Submitted:
-    job: Job
-    commit: str  # HEAD of the job's worktree when it was submitted
+    job: Job  # its editable files by value: what its worktree held when it was submitted
 
     @property
     def key(self) -> str:
@@ -100,10 +98,9 @@ class FakeExecutor:
 
     # -- the Executor protocol -------------------------------------------------------------------
     def submit(self, job: Job) -> Future[RunOutcome]:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=job.spec.cwd, capture_output=True, text=True)
         (job.spec.run_dir / f"fake-{job.id}.log").write_text("started\n")  # what a run leaves in its directory
         with self.changed:
-            self.submitted.append(Submitted(job, head.stdout.strip()))
+            self.submitted.append(Submitted(job))
             self.changed.notify_all()
         fut = _Answer(self._read)
         self.queue.append((job, fut))

@@ -155,10 +155,6 @@ def check_git(lab: Lab) -> list[dict]:
     return rows
 
 
-def tree(lab: Lab, commit: str) -> str:
-    return lab.git("rev-parse", f"{commit}^{{tree}}")
-
-
 def race(tmp_path: Path, ideas: dict[int, dict[str, float]], max_trials: int = 2, agent: type[Knobs] = Knobs) -> Lab:
     """Two slots: trials 1 and 2 both start from the baseline and both run; trial 1 finishes first.
 

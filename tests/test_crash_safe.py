@@ -68,12 +68,12 @@ def test_b_a_resumed_trial_keeps_its_brief_transcript_and_diff(tmp_path: Path, p
 
 
 # -- C: git's lock files ------------------------------------------------------------------------------------
-# git.reset.*#3: trial 1's record moving the branch to its kept commit (after the baseline's two resets), with
-# index.lock written, then with HEAD's and the branch's locks held (nightlab resets as git does: gitworktree.py).
-# nightlab's own ref updates hold git's locks too: git.mark.locked#2 is trial 1's ref (after the baseline's),
-# git.commit.locked#1 trial 1's commit moving HEAD and the branch.
-@pytest.mark.parametrize("point", [{"crash_at": "git.reset.indexed#3"}, {"crash_at": "git.reset.locked#3"},
-                                   {"crash_at": "git.mark.locked#2"}, {"crash_at": "git.commit.locked#1"}])
+# trial 1's record moving the branch to its kept commit (nightlab resets as git does: gitworktree.py): with
+# index.lock written (git.reset.indexed#3, after the baseline's two resets), then with HEAD's and the branch's locks
+# held (git.reset.locked#1: the first reset that moves the branch; a trial's commit moves none, gitcommit.py).
+# nightlab's own ref updates hold git's locks too: git.mark.locked#2 is trial 1's ref (after the baseline's).
+@pytest.mark.parametrize("point", [{"crash_at": "git.reset.indexed#3"}, {"crash_at": "git.reset.locked#1"},
+                                   {"crash_at": "git.mark.locked#2"}])
 def test_c_killed_while_git_holds_a_lock(tmp_path: Path, point: dict) -> None:
     proj = make_project(tmp_path, ideas=IMPROVE)
     killed(proj, tmp_path / "chaos", "run", "--tag", "t", "--max-trials", "2", **point)

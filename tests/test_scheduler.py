@@ -24,7 +24,7 @@ from nightlab.errors import RunCrashed
 from nightlab.ledger import Ledger
 from nightlab.types import Brief, Event, Proposal
 from nlkit import content, idea, sub
-from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race, stopped_with_two_trials_running, tree
+from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race, stopped_with_two_trials_running
 
 pytestmark = pytest.mark.timeout(120)  # a held run nobody releases would wait forever: fail instead
 
@@ -46,10 +46,10 @@ def test_one_slot_keeps_and_discards_by_the_metric_and_the_branch_follows_the_be
     assert rows[2]["parent"] == rows[3]["parent"] == rows[1]["commit_sha"]  # a discard leaves the best where it was
     assert "B = -0.05" in lab.git("show", f"{rows[2]['commit_sha']}:train.py")  # the reverted idea keeps its diff
     assert "B = 0.0" in lab.git("show", f"nightlab/{TAG}:train.py")
-    # one job per run, all on slot 0, each of the very commit the trial recorded (amended later: same tree)
+    # one job per run, all on slot 0, each of the very change the trial recorded (in its commit, amended later)
     assert lab.fake.ids() == ["0.0a0s1", "1.0a0s1", "2.0a0s1", "3.0a0s1"]
     assert {s.job.slot for s in lab.fake.submitted} == {0}
-    assert [tree(lab, s.commit) for s in lab.fake.submitted] == [tree(lab, r["commit_sha"]) for r in rows]
+    assert [ran(s) for s in lab.fake.submitted] == [lab.git("show", f"{r['commit_sha']}:train.py") for r in rows]
     assert [lab.runs(n)[0][4:] for n in range(4)] == [("ok", 1.0), ("ok", 0.9), ("ok", 0.95), ("ok", 0.85)]
     tsv = (lab.proj.state(TAG) / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[3] for line in tsv] == ["status", "baseline", "keep", "discard", "keep"]
@@ -66,6 +66,10 @@ def test_the_baseline_stops_after_two_identical_runs(tmp_path: Path, slots: int)
     assert (meta.get("deterministic"), meta.get("noise")) == (True, 0.0)
     meta.close()
 
+
+def ran(submitted) -> str:
+    """The train.py a job ran (its editable files go with it by value), as `git show` prints it."""
+    return submitted.job.files["train.py"].decode().strip()
 
 def test_a_noisy_baseline_runs_every_noise_run_two_slots_at_a_time(tmp_path: Path) -> None:
     lab = make_lab(tmp_path, noisy, slots=2, config={"keep": {"noise_runs": 4}})
@@ -146,10 +150,10 @@ def test_a_winner_whose_best_moved_on_is_rebased_onto_the_new_best_and_run_from_
     assert lab.fake.ids() == ["0.0a0s1", "1.0a0s1", "2.0a0s1", "2.1a0s1"]
     assert {s.job.slot for s in lab.fake.submitted[1:3]} == {0, 1}  # trials 1 and 2 ran side by side
     assert [r[4:] for r in lab.runs(2)] == [("ok", 0.8), ("ok", 0.7)]
-    first, rebased = (s.commit for s in lab.fake.submitted[2:])
-    assert lab.git("rev-parse", f"{first}^") == rows[0]["commit_sha"]
-    assert lab.git("rev-parse", f"{rebased}^") == rows[1]["commit_sha"]  # a new commit on trial 1's
-    assert tree(lab, rebased) == tree(lab, rows[2]["commit_sha"])
+    first, rebased = (ran(s) for s in lab.fake.submitted[2:])
+    assert "B = 0.2" in first and "A = 0.0" in first  # on the baseline, as trial 2 was made
+    assert rebased == lab.git("show", f"{rows[2]['commit_sha']}:train.py")  # a new commit on trial 1's
+    assert rows[2]["parent"] == rows[1]["commit_sha"] == lab.git("rev-parse", f"{rows[2]['commit_sha']}^")
     best = lab.git("show", f"nightlab/{TAG}:train.py")
     assert "A = 0.1" in best and "B = 0.2" in best
     assert "B = 0.2" in (lab.run_dir(2) / "diff.patch").read_text()

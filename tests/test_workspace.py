@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from scenariokit import Scenario
 
-from nlkit import PREPARE, PROGRAM, TRAIN, Project, commit_message, idea, make_project, one_line_error, sub
+from nlkit import PREPARE, PROGRAM, TRAIN, Project, commit_message, git, idea, make_project, one_line_error, sub
 
 
 def _refs(proj: Project, tag: str = "t") -> dict[int, str]:
@@ -85,6 +85,15 @@ def test_the_worktree_is_on_the_branch_and_clean(scenario: Scenario) -> None:
                             capture_output=True, text=True, check=True).stdout
     assert status == ""
     assert (wt / "prepare.py").read_text() == PREPARE
+
+
+def test_the_branch_moves_once_a_keep_and_never_for_any_other_trial(scenario: Scenario) -> None:
+    """A trial's commit is on the branch only once kept: a discard, a crash or an invalid run moves no ref back
+    (and the branch's reflog is the night's keeps)."""
+    rows = scenario.ledger
+    moves = scenario.proj.git("log", "-g", "--format=%H", "refs/heads/nightlab/t").split()[::-1]
+    assert moves == [rows[0]["commit_sha"]] + [r["commit_sha"] for r in rows if r["status"] == "keep"]
+    assert len(moves) == 2
 
 
 def test_a_project_in_a_subdirectory_of_the_repository(tmp_path: Path) -> None:
@@ -164,7 +173,11 @@ def test_a_worktree_lent_out_is_reset_again_and_edits_are_seen_by_one_status(tmp
     assert "LR = 0.2" in refused.value.diff and "prepare.py" in refused.value.diff
     assert (ws.dir / "prepare.py").read_text() == PREPARE and not (ws.dir / "notes.txt").exists()
     sha, patch = ws.commit("trial 1: LR 0.2", ["train.py"])
-    assert sha == ws.head() == proj.git("rev-parse", "nightlab/t") and "+LR = 0.2" in patch
+    assert sha == ws.holds() and "+LR = 0.2" in patch
+    assert ws.head() == head == proj.git("rev-parse", "nightlab/t")  # the branch moves when the trial is kept
     amended = ws.amend(sha, "trial 1: LR 0.2\n\nstatus: keep")
     assert proj.git("rev-parse", f"{amended}^{{tree}}") == proj.git("rev-parse", f"{sha}^{{tree}}")
-    assert proj.git("rev-parse", f"{amended}^") == head and ws.head() == sha  # HEAD stays until the reset
+    assert proj.git("rev-parse", f"{amended}^") == head and ws.head() == head and ws.holds() == sha
+    ws.reset(amended)  # kept
+    assert ws.holds() == ws.head() == amended == proj.git("rev-parse", "nightlab/t")
+    assert git("status", "--porcelain", cwd=ws.dir, env=proj.env) == ""

@@ -152,19 +152,20 @@ class Repo:
         sha = self.refs.resolve("HEAD") if self.fast else None
         return sha if sha and len(sha) == 40 else self._git("rev-parse", "HEAD")
 
-    def commit(self, paths: list[str], message: str) -> str:
+    def commit(self, paths: list[str], message: str, move: bool = True) -> str:
         """`git add <paths>` and `git commit -m <message>` on HEAD (its branch moves); `paths` are the
-        repository's, their content the worktree's (a missing file is removed). The new commit's name."""
+        repository's, their content the worktree's (a missing file is removed). The new commit's name. `move=False`:
+        HEAD, and the index, stay where they are where this module writes the commit (git's own commit moves them)."""
         if self.fast:
             try:
-                return self._commit(paths, message)
+                return self._commit(paths, message, move)
             except Fallback:
                 pass
         self._git("add", "--", *paths)
         self._git("-c", "commit.gpgsign=false", "-c", NO_HOOKS, "commit", "--quiet", "--no-verify", "-m", message)
         return self._git("rev-parse", "HEAD")
 
-    def _commit(self, paths: list[str], message: str) -> str:
+    def _commit(self, paths: list[str], message: str, move: bool) -> str:
         """commit(), written here; raises Fallback where git must do it."""
         files = {path: self.tree / path for path in paths}
         if any((self.tree / d / ".gitattributes").exists() for path in files for d in _dirs(path)):
@@ -181,8 +182,9 @@ class Repo:
         now = ident_date(time.time())
         sha = self._write(tree, [parent], text, now)
         crashpoint.reached("git.commit.written")
-        self.refs.update("HEAD", sha, parent, self.committer.line(now), "commit: " + text.split("\n", 1)[0],
-                         "git.commit.locked")
+        if move:
+            self.refs.update("HEAD", sha, parent, self.committer.line(now), "commit: " + text.split("\n", 1)[0],
+                             "git.commit.locked")
         for leftover in ("MERGE_MSG", "AUTO_MERGE", "MERGE_MODE", "SQUASH_MSG"):  # a cherry-pick's, as git commit
             (self.refs.gitdir / leftover).unlink(missing_ok=True)
         self._housekeeping()

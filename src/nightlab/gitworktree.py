@@ -172,8 +172,9 @@ class Checkout:
             lock.commit(self.apply(index, target, scan, plan), "git.reset.indexed")
         finally:
             lock.release()
-        who = self.store.committer.line(ident_date(time.time()))
-        self.store.refs.update("HEAD", commit, None, who, f"reset: moving to {commit}", "git.reset.locked")
+        if self.store.refs.resolve("HEAD") != commit:  # git would rewrite it (and log it) anyway: two renames saved
+            who = self.store.committer.line(ident_date(time.time()))
+            self.store.refs.update("HEAD", commit, None, who, f"reset: moving to {commit}", "git.reset.locked")
         for path in stray or []:
             (self.tree / path).unlink(missing_ok=True)
             _prune(self.tree, path)

@@ -104,7 +104,7 @@ class Trial:
     def on_best(self) -> Next:
         """Before its first run: put the trial on the current best (RECORD when it was discarded instead)."""
         rec, best = self.rec, self.lab.best()
-        if self.tree.head() != rec.commit_sha:  # resumed, or its worktree was reused
+        if self.tree.holds() != rec.commit_sha:  # resumed, or its worktree was reused
             self.tree.reset(rec.commit_sha)
         return Next.RUN if rec.parent == best.commit_sha or self.chosen() or self.rebase() else Next.RECORD
 

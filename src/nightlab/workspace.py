@@ -140,10 +140,12 @@ class Workspace:
         self._repo: gitcommit.Repo | None = None  # made once the worktree exists
         self._checkout: gitworktree.Checkout | None = None
         # What this object last made the worktree, so a trial does not pay a git process to learn it again:
-        # `_head` is HEAD after nightlab's last commit or reset; `_clean` the commit the worktree was last reset
-        # to, until it is lent (to the agent, a run) or changed. A new process knows neither: it asks git.
+        # `_head` is HEAD after nightlab's last reset; `_clean` the commit the worktree was last reset to, until it
+        # is lent (to the agent, a run) or changed; `_holds` the commit last made in it (HEAD stays behind). A new
+        # process knows none of them: it reads HEAD.
         self._head: str | None = None
         self._clean: str | None = None
+        self._holds: str | None = None
 
     @property
     def store(self) -> gitcommit.Repo:
@@ -209,7 +211,7 @@ class Workspace:
     def _attach(self, tree: Path, ref: str, *flags: str) -> None:
         """A usable worktree at `tree`: the one there (links mended if the project moved), else made anew with
         `git worktree add <flags> <tree> <ref>`; one a kill left half-made is removed first."""
-        self._repo = None  # the worktree's git directory may be another after this
+        self._repo = self._head = self._holds = None  # the worktree's git directory may be another after this
         with worktree_admin(self.repo):
             attach(self.repo, tree, ref, *flags)
 
@@ -248,6 +250,10 @@ class Workspace:
             self._head = self.store.head()
         return self._head
 
+    def holds(self) -> str:
+        """The commit whose files the worktree was last given: the last one made in it, else HEAD's."""
+        return self._holds or self.head()
+
     def lend(self) -> None:
         """The worktree goes to someone nightlab does not watch (the agent, a run): what it holds is unknown."""
         self._clean = None
@@ -258,7 +264,7 @@ class Workspace:
         change to the worktree goes through this object or is announced by `lend()`, as a trial's do)."""
         if unless_clean and commit == self._clean:
             return
-        self._clean = self._head = None
+        self._clean = self._head = self._holds = None
         try:  # in this process; `git clean` only when untracked files are left to remove
             strays = self.checkout.reset(commit, "" if self.sub == Path(".") else self.sub.as_posix(),
                                          self.linked_paths())
@@ -282,9 +288,11 @@ class Workspace:
         return self._git("diff", "HEAD", "--", ".")
 
     def commit(self, message: str, files: list[str]) -> tuple[str, str]:
-        """Commit `files` as they are in the worktree; the new commit's name and its patch (under the project)."""
+        """Commit `files` as they are in the worktree; the new commit's name and its patch (under the project). The
+        worktree holds the commit; HEAD, the branch, stays where it was (where nightlab writes the commit): a trial's
+        commit joins the branch only when it is kept, so a discard moves no ref back."""
         self._clean = self._head = None
-        sha = self._head = self.store.commit([(self.sub / f).as_posix() for f in files], message)
+        sha = self._holds = self.store.commit([(self.sub / f).as_posix() for f in files], message, move=False)
         return sha, self.patch(sha)
 
     def amend(self, commit: str, message: str) -> str:
