@@ -155,7 +155,7 @@ class Repo:
     def commit(self, paths: list[str], message: str, move: bool = True) -> str:
         """`git add <paths>` and `git commit -m <message>` on HEAD (its branch moves); `paths` are the
         repository's, their content the worktree's (a missing file is removed). The new commit's name. `move=False`:
-        HEAD, and the index, stay where they are where this module writes the commit (git's own commit moves them)."""
+        HEAD stays where it is when this module writes the commit (git's own commit, where it must, moves it)."""
         if self.fast:
             try:
                 return self._commit(paths, message, move)

@@ -172,7 +172,7 @@ class Checkout:
             lock.commit(self.apply(index, target, scan, plan), "git.reset.indexed")
         finally:
             lock.release()
-        if self.store.refs.resolve("HEAD") != commit:  # git would rewrite it (and log it) anyway: two renames saved
+        if self.store.refs.resolve("HEAD") != commit:  # git writes it even so; a discard's reset here writes nothing
             who = self.store.committer.line(ident_date(time.time()))
             self.store.refs.update("HEAD", commit, None, who, f"reset: moving to {commit}", "git.reset.locked")
         for path in stray or []:

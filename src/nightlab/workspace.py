@@ -289,8 +289,8 @@ class Workspace:
 
     def commit(self, message: str, files: list[str]) -> tuple[str, str]:
         """Commit `files` as they are in the worktree; the new commit's name and its patch (under the project). The
-        worktree holds the commit; HEAD, the branch, stays where it was (where nightlab writes the commit): a trial's
-        commit joins the branch only when it is kept, so a discard moves no ref back."""
+        worktree holds the commit, HEAD stays where it was (where git must commit, it moves): a trial's commit joins
+        the branch only when it is kept, so a discard moves no ref back."""
         self._clean = self._head = None
         sha = self._holds = self.store.commit([(self.sub / f).as_posix() for f in files], message, move=False)
         return sha, self.patch(sha)
