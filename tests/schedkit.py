@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeExecutor, knobs, ok, parse
+from fakes import FakeExecutor, Submitted, knobs, ok, parse
 from nightlab import config, project
 from nightlab.agents.scripted import ScriptedAgent
 from nightlab.errors import AgentExhausted
@@ -154,6 +154,10 @@ def check_git(lab: Lab) -> list[dict]:
     assert lab.proj.git("-C", str(lab.proj.worktree(TAG)), "status", "--porcelain") == ""
     return rows
 
+
+def ran(submitted: Submitted) -> str:
+    """The train.py a job ran (its editable files go with it by value), as `git show` prints it."""
+    return submitted.job.files["train.py"].decode().strip()
 
 def race(tmp_path: Path, ideas: dict[int, dict[str, float]], max_trials: int = 2, agent: type[Knobs] = Knobs) -> Lab:
     """Two slots: trials 1 and 2 both start from the baseline and both run; trial 1 finishes first.

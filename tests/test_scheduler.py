@@ -24,7 +24,7 @@ from nightlab.errors import RunCrashed
 from nightlab.ledger import Ledger
 from nightlab.types import Brief, Event, Proposal
 from nlkit import content, idea, sub
-from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race, stopped_with_two_trials_running
+from schedkit import TAG, Knobs, check_git, loss, make_lab, noisy, race, ran, stopped_with_two_trials_running
 
 pytestmark = pytest.mark.timeout(120)  # a held run nobody releases would wait forever: fail instead
 
@@ -66,10 +66,6 @@ def test_the_baseline_stops_after_two_identical_runs(tmp_path: Path, slots: int)
     assert (meta.get("deterministic"), meta.get("noise")) == (True, 0.0)
     meta.close()
 
-
-def ran(submitted) -> str:
-    """The train.py a job ran (its editable files go with it by value), as `git show` prints it."""
-    return submitted.job.files["train.py"].decode().strip()
 
 def test_a_noisy_baseline_runs_every_noise_run_two_slots_at_a_time(tmp_path: Path) -> None:
     lab = make_lab(tmp_path, noisy, slots=2, config={"keep": {"noise_runs": 4}})

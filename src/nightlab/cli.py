@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from nightlab import __version__, cli_review, cli_study, cli_views
 from nightlab.cli_common import ConfigOpt, TagOpt, console, err, existing, load_config, tag_of
@@ -175,8 +176,6 @@ def _say(markup: str) -> None:
     if console.is_terminal or console.color_system is not None:
         console.print(markup)
         return
-    from rich.text import Text
-
     text = Text.from_markup(markup)
     text.expand_tabs()
     console.file.write(text.plain + "\n")

@@ -182,8 +182,8 @@ def in_thread(fn: Callable, *args: object, after: Future | None = None) -> Futur
 
     def work() -> None:
         try:
-            while after is not None and not after.done():  # short waits: a Ctrl-C raised here lands promptly
-                wait([after], timeout=1.0)
+            if after is not None:
+                wait([after])
             fut.set_result(fn(*args))
         except BaseException as e:  # handed to the main thread, which re-raises what it does not expect
             fut.set_exception(e)
